@@ -1,0 +1,53 @@
+# Glimpse: `make demo` and `make test` work from a clean clone (they depend on `install`).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+# Debian packages: offline datasets (Tux Paint photos, Fashion-MNIST) and the browser for the page test.
+APT_PACKAGES := tuxpaint-stamps-default dataset-fashion-mnist chromium
+APT_CHECK := /usr/share/tuxpaint/stamps/animals /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz /usr/bin/chromium
+PYTEST_ARGS ?=
+
+.PHONY: install apt-data demo test test-fast bench lint protos clean
+
+install: $(STAMP) apt-data
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[dev]'
+	touch $(STAMP)
+
+apt-data:
+	@missing=0; for f in $(APT_CHECK); do [ -e $$f ] || missing=1; done; \
+	if [ $$missing = 0 ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null \
+	  || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null; }; \
+	else \
+	  echo "Glimpse needs Debian packages for its offline data; run:"; \
+	  echo "  sudo apt-get install --no-install-recommends $(APT_PACKAGES)"; \
+	fi
+
+demo: install
+	$(VENV)/bin/python scripts/demo.py
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+bench: install
+	$(VENV)/bin/glimpse bench
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+protos: install
+	$(PY) -m glimpse_wire._regen
+
+clean:
+	rm -rf $(VENV) out .pytest_cache

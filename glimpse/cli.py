@@ -1,0 +1,63 @@
+"""The ``glimpse`` command line.
+
+Each subcommand lives in the package that owns it and is imported only when that subcommand runs, so
+``glimpse api`` never imports TensorFlow. A command module exposes ``configure_<name>(parser)`` (adds flags, imports
+nothing heavy) and ``run_<name>(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+__all__ = ["COMMANDS", "build_parser", "main"]
+
+# command -> (module, help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("training.cli", "Train a classifier and export it through the model contract."),
+    "export": ("training.cli", "Wrap an existing Keras classifier into the model contract."),
+    "serve": ("serving.cli", "Serve models the way tensorflow_model_server does (gRPC + REST)."),
+    "api": ("explain_api.cli", "Run the explain API (HTTP) in front of a served model."),
+    "up": ("glimpse.up", "Run `glimpse serve` and `glimpse api` together on this machine."),
+    "wit": ("whatif.cli", "Write a What-If Tool notebook for a served model."),
+    "report": ("whatif.cli", "Slice and compare served models over an examples TFRecord."),
+    "study": ("training.studies", "Run one of the chapter's studies."),
+    "tune": ("training.tuning", "Search hyperparameters with Keras Tuner."),
+    "bench": ("glimpse.bench", "Run the benchmarks and print the ratios."),
+}
+
+
+def _func_name(command: str) -> str:
+    return command.replace("-", "_")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="glimpse", description=__doc__.splitlines()[0])
+    from glimpse import __version__
+
+    parser.add_argument("--version", action="version", version=f"glimpse {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    chosen = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        # Only the chosen command's module is imported: flags of the others are not needed to parse argv.
+        if name == chosen:
+            configure = getattr(importlib.import_module(module), f"configure_{_func_name(name)}")
+            configure(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    parser = build_parser()
+    args = parser.parse_args()
+    module, _ = COMMANDS[args.command]
+    run = getattr(importlib.import_module(module), f"run_{_func_name(args.command)}")
+    try:
+        return int(run(args) or 0)
+    except KeyboardInterrupt:
+        return 130
