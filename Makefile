@@ -10,7 +10,7 @@ APT_PACKAGES := tuxpaint-stamps-default dataset-fashion-mnist chromium
 APT_CHECK := /usr/share/tuxpaint/stamps/animals /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz /usr/bin/chromium
 PYTEST_ARGS ?=
 
-.PHONY: install apt-data demo test test-fast bench lint protos clean
+.PHONY: install apt-data demo stop test test-fast bench lint protos clean
 
 install: $(STAMP) apt-data
 
@@ -34,6 +34,9 @@ apt-data:
 demo: install
 	$(VENV)/bin/python scripts/demo.py
 
+stop:
+	@if [ -f out/stack.pid ]; then kill -TERM -- -$$(cat out/stack.pid) 2>/dev/null || true; rm -f out/stack.pid; echo stopped; fi
+
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -41,7 +44,7 @@ test-fast: install
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 bench: install
-	$(VENV)/bin/glimpse bench
+	$(VENV)/bin/glimpse bench --out docs/benchmarks.md
 
 lint: install
 	$(VENV)/bin/ruff check .
