@@ -114,7 +114,9 @@ METHOD_PARAMS: dict[str, tuple[MethodParam, ...]] = {
     "gradients_inputs": (),
     "smoothgrad": (
         MethodParam("num_samples", "int32", 5, "Noisy copies averaged (tf-explain's default 5).", 1, 256),
-        MethodParam("noise", "float32", 1.0, "Std-dev of the Gaussian noise in pixel units (tf-explain: 1.0).", 0.0, 255.0),
+        MethodParam(
+            "noise", "float32", 1.0, "Std-dev of the Gaussian noise in pixel units (tf-explain: 1.0).", 0.0, 255.0
+        ),
         MethodParam("seed", "int32", 0, "Seed of the stateless noise, for reproducible maps.", 0, 2**31 - 1),
     ),
     "integrated_gradients": (
