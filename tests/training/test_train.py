@@ -1,0 +1,80 @@
+"""Training runs: seeded reproducibility, logs, and the end-to-end train + export through the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from training.train import TrainConfig, train
+
+
+def _tiny(tmp_path, **kw):
+    base = dict(model="scratch", image_size=32, epochs=2, max_examples=40, batch_size=16, seed=7,
+                logdir=str(tmp_path / "runs"), export_dir=str(tmp_path / "models"))
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.mark.slow
+def test_same_seed_same_weights_and_metrics(tmp_path):
+    a = train(_tiny(tmp_path), export=False, verbose=0)
+    b = train(_tiny(tmp_path), export=False, verbose=0)
+    assert a.metrics["test_accuracy"] == b.metrics["test_accuracy"]
+    assert a.history == b.history
+    for wa, wb in zip(a.model.get_weights(), b.model.get_weights(), strict=True):
+        np.testing.assert_array_equal(wa, wb)
+    c = train(_tiny(tmp_path, seed=8), export=False, verbose=0)
+    assert any(not np.array_equal(x, y) for x, y in zip(a.model.get_weights(), c.model.get_weights(), strict=True))
+
+
+@pytest.mark.slow
+def test_run_logs_tensorboard_scalars_histograms_images_and_hparams(tmp_path):
+    r = train(_tiny(tmp_path, epochs=1), export=False, verbose=0)
+    files = [p.relative_to(r.run_dir).as_posix() for p in r.run_dir.rglob("events.out.tfevents.*")]
+    assert any(f.startswith("train/") for f in files) and any(f.startswith("validation/") for f in files)
+    assert any(f.startswith("samples/") for f in files)
+    import tensorflow as tf
+
+    tags = set()
+    for path in r.run_dir.glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for v in event.summary.value:
+                tags.add(v.tag)
+    assert "_hparams_/session_start_info" in tags and "hparams/test_accuracy" in tags
+    assert set(r.metrics) >= {"test_accuracy", "val_accuracy", "epochs_run", "best_epoch"}
+    assert 0.0 <= r.metrics["test_accuracy"] <= 1.0 and len(r.epoch_seconds) == 1
+
+
+@pytest.mark.slow
+def test_cli_trains_and_exports_a_version_with_card_and_examples(tmp_path, capsys):
+    from glimpse.cli import main
+
+    rc = main(["train", "--dataset", "tuxpaint", "--model", "scratch", "--image-size", "32", "--epochs", "1",
+               "--max-examples", "24", "--logdir", str(tmp_path / "runs"), "--export-dir", str(tmp_path / "m"),
+               "--name", "tux"])
+    assert rc == 0
+    assert "test_accuracy=" in capsys.readouterr().out
+    version = tmp_path / "m" / "tux" / "1"
+    card = json.loads((version / "assets.extra" / "model_card.json").read_text())
+    assert card["labels"] == (version / "assets" / "labels.txt").read_text().split("\n")[:-1]
+    assert 0.0 <= card["metrics"]["test_accuracy"] <= 1.0
+    assert card["training"]["seed"] == 42 and card["training"]["model"] == "scratch"
+    assert (tmp_path / "m" / "tux" / "examples" / "test.tfrecord").stat().st_size > 0
+
+
+def test_cli_reports_bad_input_as_an_error_not_a_traceback(capsys, tmp_path):
+    from glimpse.cli import main
+
+    rc = main(["train", "--dataset", "nope", "--logdir", str(tmp_path), "--export-dir", str(tmp_path)])
+    assert rc == 2
+    assert "unknown dataset" in capsys.readouterr().err
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="optimizer"):
+        TrainConfig(optimizer="lion")
+    with pytest.raises(ValueError, match="epochs"):
+        TrainConfig(epochs=0)
+    assert TrainConfig(dataset="folder:/data/My Photos").model_name == "My_Photos"

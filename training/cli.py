@@ -1,0 +1,94 @@
+"""`glimpse train` and `glimpse export`. Flags are declared here; TensorFlow is imported only when a command runs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+__all__ = ["configure_train", "run_train", "configure_export", "run_export"]
+
+_MODELS = ("efficientnet_lite0", "mobilenet_v2", "resnet50", "scratch", "scratch_bn")
+_OPTIMIZERS = ("adam", "sgd", "momentum", "rmsprop", "adagrad", "adadelta")
+_PREPROCESSING = ("none", "scale_0_1", "scale_-1_1", "caffe", "lite0")
+
+
+def _fraction(value: str) -> float:
+    f = float(value)
+    if not 0.0 <= f <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return f
+
+
+def _positive_int(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return n
+
+
+def configure_train(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default="tuxpaint",
+                   help="tuxpaint | fashion_mnist | folder:PATH | tfds:NAME[:TRAIN,VAL,TEST] (default tuxpaint)")
+    p.add_argument("--model", default="efficientnet_lite0", choices=_MODELS)
+    p.add_argument("--image-size", type=_positive_int, default=None,
+                   help="input side in pixels (default 160 for pretrained, 64 for scratch, 28 on fashion_mnist)")
+    p.add_argument("--epochs", type=_positive_int, default=10)
+    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--optimizer", default="adam", choices=_OPTIMIZERS)
+    p.add_argument("--patience", type=_positive_int, default=5, help="early-stopping patience (val_accuracy)")
+    p.add_argument("--unfreeze", type=_fraction, default=0.0,
+                   help="fraction of the backbone's last layers to fine-tune (0 = frozen, 1 = all)")
+    p.add_argument("--dropout", type=float, default=0.2)
+    p.add_argument("--dense-units", type=int, default=256)
+    p.add_argument("--augment", default="basic", choices=("basic", "randaugment", "none"))
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--max-examples", type=_positive_int, default=None, help="cap each split (quick runs)")
+    p.add_argument("--weights", default="imagenet", help="imagenet | none | PATH to a weights file")
+    p.add_argument("--logdir", default="runs", help="TensorBoard log directory")
+    p.add_argument("--export-dir", default="models", help="model base directory: writes NAME/<next version>/")
+    p.add_argument("--name", default=None, help="model name (default: from the dataset)")
+    p.add_argument("--no-export", action="store_true", help="train and evaluate only")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from training.data import DatasetUnavailable
+    from training.models import ModelUnavailable
+    from training.train import TrainConfig, train
+
+    try:
+        config = TrainConfig(
+            dataset=args.dataset, model=args.model, image_size=args.image_size, epochs=args.epochs,
+            batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, patience=args.patience,
+            unfreeze=args.unfreeze, dropout=args.dropout, dense_units=args.dense_units, augment=args.augment,
+            seed=args.seed, max_examples=args.max_examples, weights=args.weights, logdir=args.logdir,
+            export_dir=args.export_dir, name=args.name,
+        )
+        train(config, export=not args.no_export)
+    except (DatasetUnavailable, ModelUnavailable, ValueError, FileNotFoundError) as e:
+        print(f"glimpse train: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def configure_export(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--keras-model", required=True, help="a functional Keras classifier (.keras or .h5)")
+    p.add_argument("--name", required=True, help="model name: writes EXPORT_DIR/NAME/<next version>/")
+    p.add_argument("--export-dir", default="models")
+    p.add_argument("--labels", default=None, help="class names, one per line (default class_0..class_N)")
+    p.add_argument("--image-size", type=_positive_int, default=None, help="needed when the model's input size is free")
+    p.add_argument("--preprocessing", default=None, choices=_PREPROCESSING,
+                   help="what the model expects its input scaled to (default none: pixels 0-255)")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from training.export import ExportError, export_keras_file
+
+    try:
+        version_dir = export_keras_file(args.keras_model, args.name, args.export_dir, labels_file=args.labels,
+                                        image_size=args.image_size, preprocessing=args.preprocessing)
+    except (ExportError, ValueError, FileNotFoundError, OSError) as e:
+        print(f"glimpse export: error: {e}", file=sys.stderr)
+        return 2
+    print(f"exported {version_dir}")
+    return 0
