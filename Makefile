@@ -51,6 +51,7 @@ lint: install
 
 protos: install
 	$(PY) -m glimpse_wire._regen
+	$(PY) -m serving._regen
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

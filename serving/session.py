@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.protobuf import config_pb2
 
 from glimpse_wire.contract import SERVE_TAG, SIG_DEFAULT
 
@@ -32,6 +33,9 @@ class SessionModel:
 
     ``run`` feeds and fetches by the signature's tensor names. Callables are prepared once per
     (signature, feed aliases, fetch aliases) and reused; ``tf.compat.v1.Session`` is thread-safe.
+    The callables are C++ ``Session::MakeCallable`` handles built from ``CallableOptions`` (feed and fetch
+    tensor names), so a run does no Python-side feed conversion or shape check: like TF Serving's
+    ``Session::Run``, the graph itself decides what it accepts.
     """
 
     def __init__(self, export_dir: str | Path, *, session_config: Any | None = None) -> None:
@@ -56,9 +60,13 @@ class SessionModel:
                 prepared = self._prepared.get(key)
                 if prepared is None:
                     sig = self.signature(name)
-                    feeds = [self.graph.get_tensor_by_name(sig.inputs[a].name) for a in feed_aliases]
-                    fetches = [self.graph.get_tensor_by_name(sig.outputs[a].name) for a in fetch_aliases]
-                    call = self.session.make_callable(fetches, feed_list=feeds)
+                    options = config_pb2.CallableOptions(
+                        feed=[sig.inputs[a].name for a in feed_aliases],
+                        fetch=[sig.outputs[a].name for a in fetch_aliases],
+                    )
+                    # Session.make_callable with a feed_list falls back to Session.run (feed_dict conversion and
+                    # Python shape checks); the options-based callable is the C++ one.
+                    call = self.session._make_callable_from_options(options)
                     prepared = _Prepared(call, fetch_aliases)
                     self._prepared[key] = prepared
         return prepared
@@ -78,7 +86,7 @@ class SessionModel:
         feed_aliases = tuple(sorted(inputs))
         fetch_aliases = tuple(output_filter) if output_filter else tuple(sorted(sig.outputs))
         prepared = self._prepare(name, feed_aliases, fetch_aliases)
-        values = prepared.call(*[inputs[a] for a in feed_aliases])
+        values = prepared.call(*[np.asarray(inputs[a]) for a in feed_aliases])
         return dict(zip(prepared.fetch_aliases, values, strict=True))
 
     def close(self) -> None:
