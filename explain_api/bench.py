@@ -1,0 +1,264 @@
+"""Benchmarks of the explain API for ``glimpse bench`` (suite "api").
+
+Measured side by side in one run, on one model (MobileNetV2 at 224x224, random weights: only the cost matters):
+
+- Grad-CAM per image through HTTP -> gRPC -> the in-graph ``explain_gradcam`` signature, against tf-explain's
+  ``GradCAM.explain`` in-process on the same Keras model (goal: ratio <= 0.15);
+- occlusion per image through the API against tf-explain's ``OcclusionSensitivity`` (same patch size);
+- a batched request of 8 images, per image, against single-image requests;
+- the API process: cold start (spawn to a 200 from /healthz) and resident memory after serving (goal <= 150 MB).
+
+This module never imports TensorFlow: building and exporting the model and running the tf-explain baseline happen
+in a child Python process (the script below), the model server and the API are subprocesses too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+__all__ = ["run_api_benchmarks"]
+
+_ROOT = Path(__file__).resolve().parents[1]
+_SIZE = 224
+_PATCH = 28
+_BATCH = 8
+
+# The TensorFlow side, run as ``python -c`` in a child process: build, save and export the model, time tf-explain.
+_TF_SIDE = r"""
+import json, os, sys, time
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import warnings
+warnings.filterwarnings("ignore")
+import numpy as np
+import keras
+from training.export import export_classifier, find_gradcam_layer
+
+out_dir, size, patch, reps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+keras.utils.set_random_seed(0)
+inputs = keras.Input((size, size, 3))
+scaled = keras.layers.Rescaling(1 / 127.5, offset=-1.0)(inputs)
+base = keras.applications.MobileNetV2(weights=None, input_tensor=scaled, classes=8)
+model = keras.Model(inputs, base.output, name="mobilenet_v2_bench")
+names = [f"class_{i}" for i in range(8)]
+layer = find_gradcam_layer(model)
+version_dir = export_classifier(model, names, out_dir, "bench", image_size=size, preprocessing="scale_-1_1",
+                                gradcam_layer=layer)
+from PIL import Image
+import skimage.data
+photo = np.asarray(Image.fromarray(skimage.data.chelsea()).resize((size, size)), dtype=np.float32)[None]
+from tf_explain.core.grad_cam import GradCAM
+from tf_explain.core.occlusion_sensitivity import OcclusionSensitivity
+
+def timed(fn, n):
+    fn()
+    runs = []
+    for _ in range(n):
+        t = time.perf_counter(); fn(); runs.append(time.perf_counter() - t)
+    return sorted(runs)[len(runs) // 2]
+
+gradcam = timed(lambda: GradCAM().explain((photo, None), model, 0, layer), reps)
+occlusion = timed(lambda: OcclusionSensitivity().explain((photo, None), model, 0, patch), max(1, reps // 3))
+print("RESULT " + json.dumps({"version_dir": str(version_dir), "layer": layer, "gradcam_s": gradcam,
+                              "occlusion_s": occlusion}))
+"""
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(_ROOT), "GLIMPSE_API_KEYS": ""}
+
+
+def _tf_side(out_dir: Path, reps: int) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, "-c", _TF_SIDE, str(out_dir), str(_SIZE), str(_PATCH), str(reps)],
+        cwd=_ROOT, env=_env(), capture_output=True, text=True, timeout=1800,
+    )  # fmt: skip
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT ") :])
+    raise RuntimeError(f"model export / tf-explain baseline failed:\n{proc.stderr[-3000:]}")
+
+
+def _request(url: str, body: bytes | None = None, content_type: str = "", timeout: float = 120.0) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET")
+    if content_type:
+        req.add_header("Content-Type", content_type)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        with e:
+            return e.code, e.read()
+
+
+def _wait(check, timeout_s: float, what: str, proc: subprocess.Popen) -> float:
+    start = time.perf_counter()
+    while time.perf_counter() - start < timeout_s:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with status {proc.returncode}")
+        try:
+            if check():
+                return time.perf_counter() - start
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} not ready within {timeout_s} s")
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(p) for p in text.split()]
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def _median(fn, n: int) -> float:
+    fn()  # warm-up: metadata cache, first session run
+    runs = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        runs.append(time.perf_counter() - t)
+    return statistics.median(runs)
+
+
+def _photo_png() -> bytes:
+    import io
+
+    import skimage.data
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(skimage.data.chelsea()).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def measure_api(model_base: Path, name: str, *, reps: int) -> dict[str, float]:
+    """Start `glimpse serve` on ``model_base`` (the directory of version dirs) and the API in front of it; time it."""
+    grpc_port, http_port = _free_port(), _free_port()
+    serving = subprocess.Popen(
+        [sys.executable, "-m", "serving", "--port", str(grpc_port), "--rest_api_port", "0", "--model_name", name,
+         "--model_base_path", str(model_base)],
+        cwd=_ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    api = None
+    try:
+        from glimpse_wire.client import ServingClient
+
+        with ServingClient(f"127.0.0.1:{grpc_port}") as client:
+            client.wait_until_available(name, timeout_s=300)
+        base = f"http://127.0.0.1:{http_port}"
+        api = subprocess.Popen(
+            [sys.executable, "-m", "explain_api", "--host", "127.0.0.1", "--port", str(http_port),
+             "--serving-address", f"127.0.0.1:{grpc_port}", "--default-model", name, "--timeout", "120"],
+            cwd=_ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        cold = _wait(lambda: _request(base + "/healthz", timeout=2)[0] == 200, 60, "glimpse api", api)
+        photo = _photo_png()
+        url = f"{base}/v1/models/{name}:explain"
+
+        def explain(query: str, body: bytes, content_type: str) -> None:
+            status, data = _request(f"{url}?{query}", body, content_type)
+            if status != 200:
+                raise RuntimeError(f"explain failed ({status}): {data[:300]!r}")
+
+        gradcam = _median(lambda: explain("method=gradcam&heatmap_size=14", photo, "image/png"), reps)
+        occlusion = _median(
+            lambda: explain(f"method=occlusion&patch_size={_PATCH}&heatmap_size=14", photo, "image/png"),
+            max(1, reps // 3),
+        )
+        import base64
+
+        batch = json.dumps(
+            {"images": [{"b64": base64.b64encode(photo).decode()}] * _BATCH, "method": "gradcam", "heatmap_size": 14}
+        ).encode()
+        batched = _median(lambda: explain("", batch, "application/json"), max(1, reps // 3)) / _BATCH
+        workers = _children(api.pid)
+        rss = max((_rss_mb(p) for p in workers), default=float("nan"))
+        return {"cold_start_s": cold, "gradcam_s": gradcam, "occlusion_s": occlusion, "batched_per_image_s": batched,
+                "worker_rss_mb": rss, "master_rss_mb": _rss_mb(api.pid)}  # fmt: skip
+    finally:
+        if api is not None:
+            _stop(api)
+        _stop(serving)
+
+
+def run_api_benchmarks(quick: bool = False) -> list[dict[str, Any]]:
+    """Rows ``{name, ours_s, baseline_s, ratio, note}`` for ``glimpse bench``."""
+    reps = 3 if quick else 10
+    with tempfile.TemporaryDirectory(prefix="glimpse-bench-api-") as tmp:
+        base = _tf_side(Path(tmp), reps)
+        version_dir = Path(base["version_dir"])
+        ours = measure_api(version_dir.parent, version_dir.parent.name, reps=reps)
+    model = f"MobileNetV2 {_SIZE}x{_SIZE}, batch 1"
+    return [
+        {
+            "name": "Grad-CAM per image: HTTP -> gRPC -> in-graph vs tf-explain in-process",
+            "ours_s": ours["gradcam_s"],
+            "baseline_s": base["gradcam_s"],
+            "ratio": ours["gradcam_s"] / base["gradcam_s"],
+            "note": f"{model}; goal <= 0.15x",
+        },
+        {
+            "name": f"occlusion per image (patch {_PATCH}): API vs tf-explain OcclusionSensitivity",
+            "ours_s": ours["occlusion_s"],
+            "baseline_s": base["occlusion_s"],
+            "ratio": ours["occlusion_s"] / base["occlusion_s"],
+            "note": model,
+        },
+        {
+            "name": f"Grad-CAM per image: batched request of {_BATCH} vs single requests",
+            "ours_s": ours["batched_per_image_s"],
+            "baseline_s": ours["gradcam_s"],
+            "ratio": ours["batched_per_image_s"] / ours["gradcam_s"],
+            "note": "one gRPC call for the whole batch",
+        },
+        {
+            "name": "API cold start (spawn to /healthz 200)",
+            "ours_s": ours["cold_start_s"],
+            "baseline_s": None,
+            "ratio": None,
+            "note": f"worker RSS {ours['worker_rss_mb']:.0f} MB (goal <= 150 MB), "
+            f"gunicorn master {ours['master_rss_mb']:.0f} MB",
+        },
+    ]
+
+
+if __name__ == "__main__":
+    for row in run_api_benchmarks(quick="--quick" in sys.argv):
+        print(row)

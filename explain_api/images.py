@@ -1,0 +1,248 @@
+"""Decode and validate uploaded images with Pillow, before anything is sent to the model server.
+
+Every failure is an ``ApiError``: 413 for images over the pixel limit (decompression bombs included), 400 for
+anything that is not a complete JPEG/PNG/GIF/BMP/WebP image. Accepted images come out as RGB ``uint8`` arrays in
+their displayed orientation (EXIF applied, alpha composited on white, CMYK/16-bit/grey converted), and are
+re-encoded as PNG for the model's ``image_bytes`` input (which decodes JPEG/PNG/GIF/BMP, not WebP).
+
+``pad_box`` and ``resize_with_pad`` mirror ``tf.image.resize_with_pad``: the geometry that the served model applies to
+its input, needed to undo the padding of a heatmap and to build occluded copies at the model's input size.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import struct
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from explain_api.errors import ApiError
+
+__all__ = [
+    "ALLOWED_FORMATS",
+    "DecodedImage",
+    "PadBox",
+    "decode_image",
+    "decode_images",
+    "encode_png",
+    "pad_box",
+    "resize_with_pad",
+    "serving_png",
+]
+
+# Pillow format ids accepted (its JPEG opener also yields "MPO", the multi-picture JPEGs of cameras).
+ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "BMP", "WEBP")
+_FORMAT_NAMES = "JPEG, PNG, GIF, BMP, WebP"
+_BACKGROUND = (255, 255, 255)
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """An accepted upload: RGB pixels as displayed, plus where it came from."""
+
+    rgb: np.ndarray  # uint8 [height, width, 3]
+    format: str  # Pillow's format id, e.g. "JPEG"
+    n_bytes: int  # size of the upload
+    # The upload itself when the model decodes it to exactly these pixels (a plain RGB JPEG or PNG, no EXIF
+    # rotation, no transparency): then it is sent as is, not re-encoded.
+    original: bytes | None = field(default=None, repr=False)
+
+    @property
+    def height(self) -> int:
+        return int(self.rgb.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.rgb.shape[1])
+
+
+@dataclass(frozen=True)
+class PadBox:
+    """Where the resized image sits inside the padded model input (``tf.image.resize_with_pad``)."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+
+
+def _open(data: bytes) -> Image.Image:
+    # Pillow warns above Image.MAX_IMAGE_PIXELS (and raises above twice that): the configured max_pixels decides
+    # instead, so the warning is swallowed here; the error still comes through.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS))
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    mode = im.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        arr = np.asarray(im, dtype=np.float64)
+        if mode.startswith("I;16") or (mode == "I" and arr.size and arr.max() > 255):
+            arr = arr / 257.0
+        elif mode == "F" and arr.size and arr.max() <= 1.0:
+            arr = arr * 255.0
+        grey = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+        return Image.fromarray(np.stack([grey] * 3, axis=-1))
+    if mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (*_BACKGROUND, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if mode != "RGB":
+        return im.convert("RGB")
+    return im
+
+
+def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
+    """Validate and decode one image; raises ``ApiError`` (400 or 413) with a message saying what is wrong."""
+    if not data:
+        raise ApiError(400, "empty image: no bytes received")
+    try:
+        im = _open(data)
+    except Image.DecompressionBombError as e:
+        raise ApiError(413, f"image has too many pixels (decompression bomb guard); the limit is {max_pixels}") from e
+    except UnidentifiedImageError as e:
+        raise ApiError(400, f"not a decodable image; accepted formats: {_FORMAT_NAMES}") from e
+    except (OSError, SyntaxError, ValueError, TypeError, struct.error) as e:
+        raise ApiError(400, f"corrupt image header: {e}") from e
+    with im:
+        fmt = im.format or "?"
+        width, height = im.size
+        if width <= 0 or height <= 0:
+            raise ApiError(400, f"image has no pixels ({width}x{height})")
+        if width * height > max_pixels:
+            raise ApiError(413, f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
+        try:
+            im.verify()
+        except Exception as e:  # Pillow raises many types for broken files (SyntaxError, OSError, struct.error ...)
+            raise ApiError(400, f"corrupt {fmt} image: {e}") from e
+    try:
+        with _open(data) as im:
+            if getattr(im, "n_frames", 1) > 1:
+                im.seek(0)
+            im.load()
+            plain = _is_plain(im, fmt)
+            try:
+                oriented = ImageOps.exif_transpose(im)
+            except Exception:  # unreadable EXIF: keep the stored orientation rather than reject the photo
+                oriented = im.copy()
+            rgb = np.array(_to_rgb(oriented), dtype=np.uint8)
+    except ApiError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise ApiError(413, f"image has too many pixels; the limit is {max_pixels}") from e
+    except Exception as e:
+        raise ApiError(400, f"cannot decode {fmt} image (truncated or corrupt): {e}") from e
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
+        raise ApiError(400, f"image decoded to an unusable shape {rgb.shape}")
+    return DecodedImage(rgb=rgb, format=fmt, n_bytes=len(data), original=data if plain else None)
+
+
+def _is_plain(im: Image.Image, fmt: str) -> bool:
+    """A file the model's own decoder turns into the same RGB pixels: 8-bit RGB JPEG/PNG, no transparency, not
+    rotated by EXIF (TensorFlow's decoders ignore EXIF)."""
+    if fmt not in ("JPEG", "PNG") or im.mode != "RGB" or "transparency" in im.info:
+        return False
+    try:
+        orientation = im.getexif().get(0x0112, 1)
+    except Exception:
+        return False
+    return orientation in (None, 1)
+
+
+def decode_images(
+    blobs: Sequence[bytes], *, max_pixels: int, max_total_pixels: int | None = None
+) -> list[DecodedImage]:
+    """Decode several uploads; a failure names the image (``image 2: ...``) when there is more than one.
+
+    ``max_total_pixels`` bounds the pixels of all images together (413), which bounds the request's memory.
+    """
+    if max_total_pixels is not None and len(blobs) > 1:
+        declared = sum(_declared_pixels(blob) for blob in blobs)  # headers only: refuse before decoding anything
+        if declared > max_total_pixels:
+            raise ApiError(413, f"the images of this request have more than {max_total_pixels} pixels together")
+    decoded: list[DecodedImage] = []
+    total = 0
+    for i, blob in enumerate(blobs):
+        try:
+            image = decode_image(blob, max_pixels=max_pixels)
+        except ApiError as e:
+            if len(blobs) > 1:
+                raise ApiError(e.status, f"image {i + 1}: {e.message}", code=e.code) from e
+            raise
+        total += image.width * image.height
+        if max_total_pixels is not None and total > max_total_pixels:
+            raise ApiError(413, f"the images of this request have more than {max_total_pixels} pixels together")
+        decoded.append(image)
+    return decoded
+
+
+def _declared_pixels(blob: bytes) -> int:
+    """Width x height from the header alone (0 when unreadable: decoding reports that image's error later)."""
+    try:
+        with _open(blob) as im:
+            return int(im.width) * int(im.height)
+    except Exception:
+        return 0
+
+
+def encode_png(rgb: np.ndarray, *, compress_level: int = 1) -> bytes:
+    """PNG bytes of a ``uint8`` [H,W,3] (or [H,W]) array."""
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb)).save(buf, format="PNG", compress_level=compress_level)
+    return buf.getvalue()
+
+
+def serving_png(image: DecodedImage, input_size: tuple[int, int] | None = None, *, factor: float = 2.0) -> bytes:
+    """The bytes sent to the model's ``image_bytes`` input: the upload itself when it is a plain RGB JPEG/PNG, else a
+    PNG of the normalised pixels; shrunk (aspect kept) when much larger than needed.
+
+    The model resizes with padding to ``input_size`` anyway; an image larger than ``factor`` times that box is first
+    shrunk with Pillow's antialiasing filter, which keeps gRPC messages small and the in-graph resize faithful.
+    """
+    if input_size is not None and all(s and s > 0 for s in input_size):
+        box_h, box_w = (int(math.ceil(s * factor)) for s in input_size)
+        scale = min(box_h / image.height, box_w / image.width)
+        if scale < 1.0:
+            new_w = max(1, round(image.width * scale))
+            new_h = max(1, round(image.height * scale))
+            return encode_png(np.asarray(Image.fromarray(image.rgb).resize((new_w, new_h), Image.Resampling.LANCZOS)))
+    if image.original is not None:
+        return image.original
+    return encode_png(image.rgb)
+
+
+def pad_box(height: int, width: int, target_height: int, target_width: int) -> PadBox:
+    """The content box of ``tf.image.resize_with_pad(image[height, width], target_height, target_width)``."""
+    if min(height, width, target_height, target_width) <= 0:
+        raise ValueError("sizes must be positive")
+    # Same float32 arithmetic as TensorFlow's _resize_image_with_pad_common, so the integers agree.
+    f32 = np.float32
+    h, w, th, tw = f32(height), f32(width), f32(target_height), f32(target_width)
+    ratio = max(f32(w / tw), f32(h / th))
+    resized_h = f32(h / ratio)
+    resized_w = f32(w / ratio)
+    top = max(0, int(np.floor(f32((th - resized_h) / f32(2)))))
+    left = max(0, int(np.floor(f32((tw - resized_w) / f32(2)))))
+    content_h = min(target_height - top, max(1, int(np.floor(resized_h))))
+    content_w = min(target_width - left, max(1, int(np.floor(resized_w))))
+    return PadBox(top=top, left=left, height=content_h, width=content_w)
+
+
+def resize_with_pad(rgb: np.ndarray, target_height: int, target_width: int) -> np.ndarray:
+    """``tf.image.resize_with_pad`` in NumPy/Pillow: float32 [H,W,3] pixels 0-255, zero padding."""
+    box = pad_box(rgb.shape[0], rgb.shape[1], target_height, target_width)
+    resized = Image.fromarray(np.ascontiguousarray(rgb.astype(np.uint8))).resize(
+        (box.width, box.height), Image.Resampling.BILINEAR
+    )
+    out = np.zeros((target_height, target_width, 3), dtype=np.float32)
+    out[box.top : box.top + box.height, box.left : box.left + box.width] = np.asarray(resized, dtype=np.float32)
+    return out

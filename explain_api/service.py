@@ -1,0 +1,743 @@
+"""Domain functions of the explain API: model discovery, predictions, explanations, the black-box occlusion fallback.
+
+Nothing here knows HTTP beyond raising ``ApiError`` for requests that cannot be served; everything that talks to the
+model server goes through a ``glimpse_wire.client.ServingClient`` (or anything with the same methods).
+
+Model facts a remote client cannot read from the model card are taken from the server: the input size from the
+``predict_pixels`` signature's ``images`` input ([-1, H, W, 3]), the label list from the ``classification``
+signature (its ``classes`` output lists every label in class order), the explanation methods from the signature
+names. They are cached per (model, version, label) for a short time.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from explain_api.errors import ApiError
+from explain_api.images import DecodedImage, resize_with_pad, serving_png
+from glimpse_wire import contract as c
+
+__all__ = [
+    "BLACKBOX_PARAMS",
+    "ExplainOutcome",
+    "ExplainSpec",
+    "ImageExplanation",
+    "ImagePrediction",
+    "ModelCatalog",
+    "ModelInfo",
+    "ModelRef",
+    "PixelSignature",
+    "PredictOutcome",
+    "Prediction",
+    "ServingClientLike",
+    "build_model_info",
+    "explain_images",
+    "occlusion_map",
+    "occlusion_patches",
+    "predict_images",
+    "resolve_target",
+    "top_k_predictions",
+    "validate_method",
+    "validate_params",
+]
+
+
+class ServingClientLike(Protocol):
+    """The part of ``glimpse_wire.client.ServingClient`` this module uses."""
+
+    def predict(self, model: str, inputs: Mapping[str, Any], **kwargs: Any) -> Any: ...
+    def explain(self, model: str, method: str, images: Sequence[bytes], **kwargs: Any) -> Any: ...
+    def classify(self, model: str, examples: Sequence[Any], **kwargs: Any) -> Any: ...
+    def metadata(self, model: str, **kwargs: Any) -> Any: ...
+    def status(self, model: str, **kwargs: Any) -> Any: ...
+
+
+# Parameters of the black-box occlusion only (models without explain_* signatures may want other pixel scaling).
+BLACKBOX_PARAMS: tuple[c.MethodParam, ...] = (
+    c.MethodParam(
+        "input_scale", "float32", 1.0, "Black-box only: model input = pixels * input_scale + input_offset.", -1e6, 1e6
+    ),
+    c.MethodParam("input_offset", "float32", 0.0, "Black-box only: added after input_scale.", -1e6, 1e6),
+)
+_GREY = 127.5
+_MAX_LISTED_LABELS = 50
+
+
+# ---------------------------------------------------------------------------------------------------------- models
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Which servable a request means: a name plus at most one of version / version label."""
+
+    name: str
+    version: int | None = None
+    label: str | None = None
+
+    def selector(self) -> dict[str, Any]:
+        """Keyword arguments for the client."""
+        return {"version": self.version, "label": self.label}
+
+
+@dataclass(frozen=True)
+class PixelSignature:
+    """A signature that takes float pixels [B,H,W,3] and returns class probabilities [B,C]."""
+
+    name: str
+    input: str
+    output: str
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the API knows about one served model version."""
+
+    name: str
+    version: int | None
+    signatures: tuple[str, ...]
+    methods: tuple[str, ...]  # explanation methods with an explain_* signature
+    input_size: tuple[int, int] | None  # (height, width)
+    labels: tuple[str, ...]  # empty when the model publishes none
+    num_classes: int | None
+    has_image_bytes: bool  # serving_default takes encoded images
+    pixel_signature: PixelSignature | None
+
+    @property
+    def fallback_methods(self) -> tuple[str, ...]:
+        """Methods answered by the black-box path (only occlusion, only without its own signature)."""
+        if "occlusion" not in self.methods and self.pixel_signature is not None and self.input_size is not None:
+            return ("occlusion",)
+        return ()
+
+    @property
+    def available_methods(self) -> tuple[str, ...]:
+        have = set(self.methods) | set(self.fallback_methods)
+        return tuple(m for m in c.EXPLAIN_METHODS if m in have)
+
+    def label_of(self, index: int) -> str:
+        if 0 <= index < len(self.labels):
+            return self.labels[index]
+        return f"class_{index}"
+
+
+def _tensor_specs(sig: Any, attr: str) -> Mapping[str, Any]:
+    return getattr(sig, attr, None) or {}
+
+
+def _shape(spec: Any) -> tuple[int | None, ...] | None:
+    shape = getattr(spec, "shape", None)
+    if shape is None:
+        return None
+    return tuple(None if (d is None or int(d) < 0) else int(d) for d in shape)
+
+
+def _is_float(spec: Any) -> bool:
+    return str(getattr(spec, "dtype", "")).upper() in ("DT_FLOAT", "FLOAT", "FLOAT32")
+
+
+def _find_pixel_signature(signatures: Mapping[str, Any]) -> tuple[PixelSignature | None, tuple[int, int] | None]:
+    order = [c.SIG_PIXELS, c.SIG_DEFAULT] + sorted(k for k in signatures if k not in (c.SIG_PIXELS, c.SIG_DEFAULT))
+    for key in order:
+        sig = signatures.get(key)
+        if sig is None or c.method_of_signature(key) is not None:
+            continue
+        inputs, outputs = _tensor_specs(sig, "inputs"), _tensor_specs(sig, "outputs")
+        if len(inputs) != 1:
+            continue
+        ((alias, spec),) = inputs.items()
+        shape = _shape(spec)
+        if not _is_float(spec) or shape is None or len(shape) != 4 or shape[3] != 3:
+            continue
+        if shape[1] is None or shape[2] is None:
+            continue
+        out = c.OUT_PROBABILITIES if c.OUT_PROBABILITIES in outputs else None
+        if out is None:
+            floats = [k for k, s in outputs.items() if _is_float(s) and len(_shape(s) or ()) == 2]
+            out = floats[0] if len(floats) == 1 else None
+        if out is None:
+            continue
+        return PixelSignature(name=key, input=alias, output=out), (shape[1], shape[2])
+    return None, None
+
+
+def _num_classes(signatures: Mapping[str, Any]) -> int | None:
+    for key in (c.SIG_DEFAULT, c.SIG_PIXELS, *sorted(signatures)):
+        sig = signatures.get(key)
+        if sig is None:
+            continue
+        spec = _tensor_specs(sig, "outputs").get(c.OUT_PROBABILITIES)
+        shape = _shape(spec) if spec is not None else None
+        if shape and len(shape) == 2 and shape[1]:
+            return shape[1]
+    return None
+
+
+def _probe_png() -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (128, 128, 128)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def build_model_info(client: ServingClientLike, ref: ModelRef, *, timeout_s: float | None = None) -> ModelInfo:
+    """Ask the server what ``ref`` is: GetModelMetadata, plus one Classify call for the label list."""
+    md = client.metadata(ref.name, version=ref.version, label=ref.label, timeout_s=timeout_s)
+    signatures: Mapping[str, Any] = dict(md.signatures or {})
+    version = getattr(md, "version", None)
+    version = int(version) if version not in (None, "") else ref.version
+    methods = tuple(m for m in c.EXPLAIN_METHODS if c.explain_signature(m) in signatures)
+    pixel, input_size = _find_pixel_signature(signatures)
+    if input_size is None:
+        for m in methods:
+            shape = _shape(_tensor_specs(signatures[c.explain_signature(m)], "outputs").get(c.OUT_HEATMAP))
+            if shape and len(shape) == 3 and shape[1] and shape[2]:
+                input_size = (shape[1], shape[2])
+                break
+    default = signatures.get(c.SIG_DEFAULT)
+    has_bytes = default is not None and c.IN_IMAGE_BYTES in _tensor_specs(default, "inputs")
+    labels: tuple[str, ...] = ()
+    if c.SIG_CLASSIFY in signatures:
+        from glimpse_wire.errors import ServingError
+
+        try:
+            result = client.classify(
+                ref.name,
+                [{c.EXAMPLE_IMAGE_KEY: _probe_png()}],
+                signature=c.SIG_CLASSIFY,
+                version=version,
+                label=None if version is not None else ref.label,
+                timeout_s=timeout_s,
+            )
+            labels = tuple(_text(cls) for cls, _ in result.results[0])
+        except ServingError as e:
+            if e.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+                raise
+            labels = ()  # a model without a usable classify signature: labels stay class_<i>
+    num_classes = _num_classes(signatures) or (len(labels) or None)
+    if num_classes is not None and len(labels) != num_classes:
+        labels = ()  # not one label per class: do not guess which is which
+    return ModelInfo(
+        name=ref.name,
+        version=version,
+        signatures=tuple(sorted(signatures)),
+        methods=methods,
+        input_size=input_size,
+        labels=labels,
+        num_classes=num_classes,
+        has_image_bytes=has_bytes,
+        pixel_signature=pixel,
+    )
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+class ModelCatalog:
+    """``ModelInfo`` per ``ModelRef``, reused for ``ttl_s`` seconds (thread-safe)."""
+
+    def __init__(
+        self,
+        client: ServingClientLike,
+        *,
+        ttl_s: float = 30.0,
+        timeout_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._client = client
+        self._ttl_s = ttl_s
+        self._timeout_s = timeout_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._entries: dict[ModelRef, tuple[float, ModelInfo]] = {}
+
+    def get(self, ref: ModelRef) -> ModelInfo:
+        now = self._clock()
+        with self._lock:
+            hit = self._entries.get(ref)
+        if hit is not None and now - hit[0] < self._ttl_s:
+            return hit[1]
+        info = build_model_info(self._client, ref, timeout_s=self._timeout_s)
+        with self._lock:
+            self._entries[ref] = (now, info)
+        return info
+
+    def invalidate(self, name: str | None = None) -> None:
+        with self._lock:
+            if name is None:
+                self._entries.clear()
+            else:
+                for ref in [r for r in self._entries if r.name == name]:
+                    del self._entries[ref]
+
+
+# ----------------------------------------------------------------------------------------------------- validation
+
+
+def validate_method(method: Any) -> str:
+    """A known explanation method name, else 400 listing them."""
+    if not isinstance(method, str) or method not in c.EXPLAIN_METHODS:
+        raise ApiError(400, f"unknown method {method!r}; allowed: {', '.join(c.EXPLAIN_METHODS)}")
+    return method
+
+
+def _coerce(param: c.MethodParam, value: Any) -> int | float | bool:
+    name = param.name
+    if param.dtype == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, (int, float)) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            return value.strip().lower() in ("true", "1", "yes", "on")
+        raise ApiError(400, f"parameter {name} must be a boolean (true/false), got {value!r}")
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        if param.dtype == "int32":
+            number: int | float
+            if isinstance(value, float):
+                if not value.is_integer():
+                    raise ValueError
+                number = int(value)
+            else:
+                number = int(str(value).strip())
+        else:
+            number = float(str(value).strip()) if isinstance(value, str) else float(value)
+            if not math.isfinite(number):
+                raise ValueError
+    except (TypeError, ValueError, OverflowError):
+        kind = "an integer" if param.dtype == "int32" else "a number"
+        raise ApiError(400, f"parameter {name} must be {kind}, got {value!r}") from None
+    if (param.minimum is not None and number < param.minimum) or (param.maximum is not None and number > param.maximum):
+        raise ApiError(400, f"parameter {name}={number} is out of range [{param.minimum}, {param.maximum}]")
+    return number
+
+
+def validate_params(method: str, raw: Mapping[str, Any] | None, *, blackbox: bool = False) -> dict[str, Any]:
+    """Check names, types and ranges of a method's parameters and fill the defaults; 400 lists what is allowed."""
+    allowed = list(c.METHOD_PARAMS[method]) + (list(BLACKBOX_PARAMS) if blackbox and method == "occlusion" else [])
+    by_name = {p.name: p for p in allowed}
+    raw = dict(raw or {})
+    unknown = sorted(k for k in raw if k not in by_name)
+    if unknown:
+        listed = ", ".join(by_name) or "none"
+        raise ApiError(400, f"unknown parameter(s) {', '.join(unknown)} for method {method}; allowed: {listed}")
+    return {p.name: (_coerce(p, raw[p.name]) if p.name in raw else p.default) for p in allowed}
+
+
+def _label_list(labels: Sequence[str]) -> str:
+    shown = ", ".join(labels[:_MAX_LISTED_LABELS])
+    more = len(labels) - _MAX_LISTED_LABELS
+    return shown + (f" ... and {more} more (GET /v1/models/<name> lists all)" if more > 0 else "")
+
+
+def resolve_target(info: ModelInfo, class_index: Any = None, label: Any = None) -> int:
+    """The class to explain: an index, a label's index, or -1 for each image's predicted class."""
+    if class_index is not None and label is not None:
+        raise ApiError(400, "give the target as class_index or as label, not both")
+    if label is not None:
+        if not info.labels:
+            raise ApiError(400, f"model {info.name} publishes no label list; give the target as class_index")
+        if not isinstance(label, str) or label not in info.labels:
+            raise ApiError(400, f"unknown label {label!r}; allowed: {_label_list(info.labels)}")
+        return info.labels.index(label)
+    if class_index is None:
+        return -1
+    try:
+        if isinstance(class_index, bool) or (isinstance(class_index, float) and not class_index.is_integer()):
+            raise ValueError
+        index = int(class_index) if not isinstance(class_index, str) else int(class_index.strip())
+    except (TypeError, ValueError, OverflowError):
+        raise ApiError(400, f"class_index must be an integer, got {class_index!r}") from None
+    upper = (info.num_classes - 1) if info.num_classes else None
+    if index < -1 or (upper is not None and index > upper):
+        bound = f"[0, {upper}]" if upper is not None else ">= 0"
+        raise ApiError(400, f"class_index {index} is out of range; allowed: {bound}, or -1 for the predicted class")
+    return index
+
+
+# ---------------------------------------------------------------------------------------------------- predictions
+
+
+@dataclass(frozen=True)
+class Prediction:
+    class_index: int
+    label: str
+    score: float
+
+
+@dataclass(frozen=True)
+class ImagePrediction:
+    predictions: tuple[Prediction, ...]  # top-k, best first
+    probabilities: np.ndarray = field(repr=False)
+
+
+@dataclass(frozen=True)
+class PredictOutcome:
+    name: str
+    version: int | None
+    images: tuple[ImagePrediction, ...]
+
+
+def top_k_predictions(probabilities: np.ndarray, k: int, info: ModelInfo) -> tuple[Prediction, ...]:
+    """The k best classes of one probability row, best first (ties by lower index)."""
+    p = np.asarray(probabilities, dtype=np.float64).reshape(-1)
+    k = max(1, min(int(k), p.size))
+    order = np.argsort(-p, kind="stable")[:k]
+    return tuple(Prediction(int(i), info.label_of(int(i)), float(p[i])) for i in order)
+
+
+def _chunks(sizes: Sequence[int], budget: int, *, overhead: int = 1024) -> list[slice]:
+    """Consecutive index ranges whose sizes (plus overhead each) stay within budget; at least one item each."""
+    out, start, total = [], 0, 0
+    for i, size in enumerate(sizes):
+        cost = size + overhead
+        if i > start and total + cost > budget:
+            out.append(slice(start, i))
+            start, total = i, 0
+        total += cost
+    if start < len(sizes):
+        out.append(slice(start, len(sizes)))
+    return out
+
+
+def _output(
+    result: Any, alias: str, batch: int, tail: tuple[int, ...] | None, *, dtype: Any = np.float32
+) -> np.ndarray:
+    """One output of a Predict result as [batch, *tail] (tail None = as returned); 502 when it is not that."""
+    try:
+        value = np.asarray(result.outputs[alias], dtype=dtype)
+        if value.ndim == 0 or value.shape[0] != batch:
+            raise ValueError(f"batch {value.shape[:1]} for {batch} inputs")
+        return value if tail is None else value.reshape(batch, *tail)
+    except (KeyError, ValueError, TypeError) as e:
+        raise ApiError(502, f"model server returned an unusable {alias!r} output: {e}", code="BAD_GATEWAY") from e
+
+
+def _result_version(result: Any, fallback: int | None) -> int | None:
+    version = getattr(getattr(result, "model", None), "version", None)
+    return int(version) if version not in (None, "") else fallback
+
+
+def _pinned(info: ModelInfo, ref: ModelRef) -> dict[str, Any]:
+    """Address the version the metadata came from, so that every call of one request hits the same version."""
+    if info.version is not None:
+        return {"version": info.version, "label": None}
+    return ref.selector()
+
+
+def _pixels_probabilities(
+    client: ServingClientLike,
+    info: ModelInfo,
+    ref: ModelRef,
+    pixels: np.ndarray,
+    *,
+    budget: int,
+    timeout_s: float | None,
+) -> tuple[np.ndarray, Any]:
+    sig = info.pixel_signature
+    assert sig is not None
+    per_image = int(np.prod(pixels.shape[1:])) * 4
+    rows, last = [], None
+    for part in _chunks([per_image] * len(pixels), budget):
+        last = client.predict(
+            ref.name,
+            {sig.input: np.ascontiguousarray(pixels[part], dtype=np.float32)},
+            signature=sig.name,
+            output_filter=[sig.output],
+            timeout_s=timeout_s,
+            **_pinned(info, ref),
+        )
+        rows.append(_output(last, sig.output, len(pixels[part]), (-1,)))
+    return np.concatenate(rows, axis=0), last
+
+
+def predict_images(
+    client: ServingClientLike,
+    catalog: ModelCatalog,
+    ref: ModelRef,
+    images: Sequence[DecodedImage],
+    *,
+    top_k: int,
+    budget: int,
+    timeout_s: float | None = None,
+    size_factor: float = 2.0,
+) -> PredictOutcome:
+    """Top-k classes of each image, in as few Predict calls as the message budget allows (usually one)."""
+    info = catalog.get(ref)
+    if info.has_image_bytes:
+        blobs = [serving_png(im, info.input_size, factor=size_factor) for im in images]
+        rows, result = [], None
+        for part in _chunks([len(b) for b in blobs], budget):
+            result = client.predict(
+                ref.name,
+                {c.IN_IMAGE_BYTES: blobs[part]},
+                signature=c.SIG_DEFAULT,
+                output_filter=[c.OUT_PROBABILITIES],
+                timeout_s=timeout_s,
+                **_pinned(info, ref),
+            )
+            rows.append(_output(result, c.OUT_PROBABILITIES, len(blobs[part]), (-1,)))
+        probabilities = np.concatenate(rows, axis=0)
+    elif info.pixel_signature is not None and info.input_size is not None:
+        h, w = info.input_size
+        pixels = np.stack([resize_with_pad(im.rgb, h, w) for im in images])
+        probabilities, result = _pixels_probabilities(client, info, ref, pixels, budget=budget, timeout_s=timeout_s)
+    else:
+        raise ApiError(
+            422,
+            f"model {ref.name} has neither a {c.SIG_DEFAULT} signature taking {c.IN_IMAGE_BYTES} "
+            f"nor a float-pixels signature; it cannot be called with images",
+        )
+    return PredictOutcome(
+        name=ref.name,
+        version=_result_version(result, info.version),
+        images=tuple(ImagePrediction(top_k_predictions(p, top_k, info), p) for p in probabilities),
+    )
+
+
+# --------------------------------------------------------------------------------------------------- explanations
+
+
+@dataclass(frozen=True)
+class ExplainSpec:
+    """What to explain, as the request said it (validated against the model in ``explain_images``)."""
+
+    method: str = "gradcam"
+    params: Mapping[str, Any] = field(default_factory=dict)
+    class_index: Any = None
+    label: Any = None
+
+
+@dataclass(frozen=True)
+class ImageExplanation:
+    class_index: int
+    label: str
+    score: float
+    predictions: tuple[Prediction, ...]
+    heatmap: np.ndarray = field(repr=False)  # [H,W] in [0,1] at the model's input size
+
+
+@dataclass(frozen=True)
+class ExplainOutcome:
+    name: str
+    version: int | None
+    method: str
+    params: dict[str, Any]
+    via: str  # "signature" (explain_<method> in the graph) or "blackbox" (occlusion through Predict calls)
+    images: tuple[ImageExplanation, ...]
+
+
+def explain_images(
+    client: ServingClientLike,
+    catalog: ModelCatalog,
+    ref: ModelRef,
+    images: Sequence[DecodedImage],
+    spec: ExplainSpec,
+    *,
+    top_k: int,
+    budget: int,
+    timeout_s: float | None = None,
+    size_factor: float = 2.0,
+    max_patches: int = 1024,
+) -> ExplainOutcome:
+    """Explain each image with ``spec.method``: in one batched explain_<method> call, or black-box occlusion."""
+    method = validate_method(spec.method)
+    info = catalog.get(ref)
+    if method in info.methods:
+        params = validate_params(method, spec.params)
+        target = resolve_target(info, spec.class_index, spec.label)
+        return _explain_in_graph(
+            client,
+            info,
+            ref,
+            images,
+            method,
+            params,
+            target,
+            top_k=top_k,
+            budget=budget,
+            timeout_s=timeout_s,
+            size_factor=size_factor,
+        )
+    if method in info.fallback_methods:
+        params = validate_params(method, spec.params, blackbox=True)
+        target = resolve_target(info, spec.class_index, spec.label)
+        return _explain_blackbox(
+            client,
+            info,
+            ref,
+            images,
+            params,
+            target,
+            top_k=top_k,
+            budget=budget,
+            timeout_s=timeout_s,
+            max_patches=max_patches,
+        )
+    available = ", ".join(info.available_methods) or "none"
+    raise ApiError(
+        422,
+        f"model {ref.name} (version {info.version}) has no {c.explain_signature(method)} signature, and {method} "
+        f"needs the model's gradients, which only an in-graph signature can compute. Re-export the model with "
+        f"`glimpse export` to add all explanation signatures. Available here: {available}",
+        code="UNPROCESSABLE",
+    )
+
+
+def _explain_in_graph(
+    client: ServingClientLike,
+    info: ModelInfo,
+    ref: ModelRef,
+    images: Sequence[DecodedImage],
+    method: str,
+    params: dict[str, Any],
+    target: int,
+    *,
+    top_k: int,
+    budget: int,
+    timeout_s: float | None,
+    size_factor: float,
+) -> ExplainOutcome:
+    blobs = [serving_png(im, info.input_size, factor=size_factor) for im in images]
+    heatmaps, indices, scores, probs, result = [], [], [], [], None
+    for part in _chunks([len(b) for b in blobs], budget):
+        n = len(blobs[part])
+        result = client.explain(
+            ref.name,
+            method,
+            blobs[part],
+            class_index=[target] * n,
+            params=params,
+            timeout_s=timeout_s,
+            **_pinned(info, ref),
+        )
+        heatmaps.append(_output(result, c.OUT_HEATMAP, n, None))
+        indices.append(_output(result, c.OUT_CLASS_INDEX, n, (), dtype=np.int64))
+        scores.append(_output(result, c.OUT_SCORE, n, ()))
+        probs.append(_output(result, c.OUT_PROBABILITIES, n, (-1,)))
+    heatmap = np.concatenate(heatmaps)
+    if heatmap.ndim != 3:
+        raise ApiError(
+            502, f"model server returned a heatmap of shape {heatmap.shape}; expected [B, H, W]", code="BAD_GATEWAY"
+        )
+    items = []
+    for hm, idx, score, p in zip(
+        heatmap, np.concatenate(indices), np.concatenate(scores), np.concatenate(probs), strict=True
+    ):
+        items.append(
+            ImageExplanation(
+                int(idx),
+                info.label_of(int(idx)),
+                float(score),
+                top_k_predictions(p, top_k, info),
+                np.clip(np.nan_to_num(hm), 0.0, 1.0),
+            )
+        )
+    return ExplainOutcome(ref.name, _result_version(result, info.version), method, params, "signature", tuple(items))
+
+
+# ------------------------------------------------------------------------------------------ black-box occlusion
+
+
+def _starts(n: int, patch: int, stride: int) -> list[int]:
+    if patch >= n:
+        return [0]
+    starts = list(range(0, n - patch + 1, stride))
+    if starts[-1] + patch < n:
+        starts.append(n - patch)  # one more, flush with the border, so that every pixel is covered
+    return starts
+
+
+def occlusion_patches(height: int, width: int, patch_size: int, stride: int) -> list[tuple[int, int, int, int]]:
+    """(top, left, bottom, right) of every grey square: a grid with the given stride covering the whole input."""
+    if min(height, width, patch_size, stride) < 1:
+        raise ValueError("sizes must be positive")
+    rows, cols = _starts(height, patch_size, stride), _starts(width, patch_size, stride)
+    return [(t, left, min(t + patch_size, height), min(left + patch_size, width)) for t in rows for left in cols]
+
+
+def occlusion_map(
+    base_score: float,
+    occluded_scores: Sequence[float],
+    patches: Sequence[tuple[int, int, int, int]],
+    shape: tuple[int, int],
+) -> np.ndarray:
+    """Per pixel: the mean score drop (base - occluded) over the patches that covered it (0 where none did)."""
+    total = np.zeros(shape, dtype=np.float64)
+    count = np.zeros(shape, dtype=np.float64)
+    for (t, left, b, r), score in zip(patches, occluded_scores, strict=True):
+        total[t:b, left:r] += base_score - float(score)
+        count[t:b, left:r] += 1.0
+    return np.divide(total, count, out=np.zeros_like(total), where=count > 0).astype(np.float32)
+
+
+def _explain_blackbox(
+    client: ServingClientLike,
+    info: ModelInfo,
+    ref: ModelRef,
+    images: Sequence[DecodedImage],
+    params: dict[str, Any],
+    target: int,
+    *,
+    top_k: int,
+    budget: int,
+    timeout_s: float | None,
+    max_patches: int,
+) -> ExplainOutcome:
+    assert info.input_size is not None
+    from explain_api.render import normalize
+
+    h, w = info.input_size
+    patch = int(params["patch_size"]) or max(1, min(h, w) // 8)
+    stride = int(params["stride"]) or patch
+    patches = occlusion_patches(h, w, patch, stride)
+    if len(patches) > max_patches:
+        raise ApiError(
+            400,
+            f"patch_size={patch} and stride={stride} give {len(patches)} occluded copies per image; "
+            f"the limit is {max_patches}: use a larger stride or patch_size",
+        )
+    scale, offset = float(params["input_scale"]), float(params["input_offset"])
+    items, result = [], None
+    for im in images:
+        base = resize_with_pad(im.rgb, h, w)
+        batch = np.empty((len(patches) + 1, h, w, 3), dtype=np.float32)
+        batch[0] = base
+        for i, (t, left, b, r) in enumerate(patches, start=1):
+            batch[i] = base
+            batch[i, t:b, left:r, :] = _GREY
+        probs, result = _pixels_probabilities(
+            client,
+            info,
+            ref,
+            batch * scale + offset if (scale, offset) != (1.0, 0.0) else batch,
+            budget=budget,
+            timeout_s=timeout_s,
+        )
+        base_probs = probs[0]
+        cls = int(np.argmax(base_probs)) if target < 0 else target
+        if cls >= base_probs.size:
+            raise ApiError(400, f"class_index {cls} is out of range; the model has {base_probs.size} classes")
+        attribution = occlusion_map(float(base_probs[cls]), probs[1:, cls], patches, (h, w))
+        items.append(
+            ImageExplanation(
+                cls,
+                info.label_of(cls),
+                float(base_probs[cls]),
+                top_k_predictions(base_probs, top_k, info),
+                normalize(attribution),
+            )
+        )
+    used = {**params, "patch_size": patch, "stride": stride}
+    return ExplainOutcome(ref.name, _result_version(result, info.version), "occlusion", used, "blackbox", tuple(items))

@@ -1,0 +1,10 @@
+"""WSGI entry for ``gunicorn explain_api.wsgi:app``: the app configured from the environment (see ``ApiConfig``)."""
+
+from __future__ import annotations
+
+from explain_api.app import create_app
+from explain_api.config import ApiConfig
+
+__all__ = ["app"]
+
+app = create_app(ApiConfig.from_env())

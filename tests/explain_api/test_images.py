@@ -1,0 +1,240 @@
+"""Upload decoding and validation (explain_api.images) on real photos and hand-made broken files."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from explain_api.errors import ApiError
+from explain_api.images import decode_image, decode_images, pad_box, resize_with_pad, serving_png
+from tests.explain_api.conftest import encode, solid
+
+LIMIT = 40_000_000
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def png_with_header(width: int, height: int, idat: bytes = b"") -> bytes:
+    """A PNG whose IHDR claims width x height (8-bit RGB) with the given (usually far too short) image data."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", zlib.compress(idat))
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+def _error(data: bytes, limit: int = LIMIT) -> ApiError:
+    with pytest.raises(ApiError) as info:
+        decode_image(data, max_pixels=limit)
+    return info.value
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "BMP", "WEBP"])
+def test_every_accepted_format_decodes_the_photo(chelsea: np.ndarray, fmt: str) -> None:
+    decoded = decode_image(encode(chelsea, fmt), max_pixels=LIMIT)
+    assert decoded.rgb.shape == chelsea.shape and decoded.rgb.dtype == np.uint8
+    assert decoded.format == fmt
+    mean_error = np.abs(decoded.rgb.astype(int) - chelsea.astype(int)).mean()
+    if fmt in ("PNG", "BMP"):
+        assert mean_error == 0
+    else:  # lossy formats, and GIF's 256-colour palette
+        assert mean_error < 10
+
+
+def test_animated_gif_gives_its_first_frame() -> None:
+    frames = [Image.new("RGB", (20, 10), (255, 0, 0)), Image.new("RGB", (20, 10), (0, 0, 255))]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    decoded = decode_image(buf.getvalue(), max_pixels=LIMIT)
+    assert decoded.rgb.shape == (10, 20, 3)
+    assert tuple(decoded.rgb[5, 10]) == (255, 0, 0)
+
+
+def test_exif_orientation_is_applied() -> None:
+    stored = np.zeros((20, 40, 3), dtype=np.uint8)
+    stored[:, :20] = (255, 0, 0)  # left half red
+    stored[:, 20:] = (0, 0, 255)  # right half blue
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display: the stored left side ends on top
+    data = encode(Image.fromarray(stored), "JPEG", quality=95, exif=exif.tobytes())
+    rgb = decode_image(data, max_pixels=LIMIT).rgb
+    assert rgb.shape == (40, 20, 3)
+    assert rgb[5, 10, 0] > 200 and rgb[5, 10, 2] < 60  # top: red
+    assert rgb[35, 10, 2] > 200 and rgb[35, 10, 0] < 60  # bottom: blue
+
+
+def test_cmyk_jpeg_is_converted_to_rgb() -> None:
+    data = encode(Image.new("CMYK", (16, 16), (0, 255, 255, 0)), "JPEG", quality=95)  # pure red in CMYK
+    rgb = decode_image(data, max_pixels=LIMIT).rgb
+    assert rgb.shape == (16, 16, 3)
+    r, g, b = rgb[8, 8].astype(int)
+    assert r > 200 and g < 60 and b < 60
+
+
+def test_sixteen_bit_grey_png_is_scaled_not_clipped() -> None:
+    grey16 = np.full((8, 8), 32768, dtype=np.uint16)
+    data = encode(Image.fromarray(grey16), "PNG")
+    assert Image.open(io.BytesIO(data)).mode.startswith("I")
+    rgb = decode_image(data, max_pixels=LIMIT).rgb
+    assert np.all(np.abs(rgb.astype(int) - 128) <= 1)
+
+
+def test_grey_image_becomes_three_equal_channels() -> None:
+    grey = np.tile(np.arange(0, 256, 16, dtype=np.uint8), (4, 1))
+    rgb = decode_image(encode(grey, "PNG"), max_pixels=LIMIT).rgb
+    assert rgb.shape == (4, 16, 3)
+    assert np.array_equal(rgb[..., 0], grey) and np.array_equal(rgb[..., 1], grey) and np.array_equal(rgb[..., 2], grey)
+
+
+def test_alpha_is_composited_on_white(tux_photo: bytes) -> None:
+    rgba = np.zeros((4, 4, 4), dtype=np.uint8)
+    rgba[:2] = (0, 0, 0, 0)  # fully transparent -> white
+    rgba[2:] = (255, 0, 0, 128)  # half red on white -> (255, 127, 127)
+    rgb = decode_image(encode(rgba, "PNG"), max_pixels=LIMIT).rgb
+    assert tuple(rgb[0, 0]) == (255, 255, 255)
+    assert rgb[3, 3, 0] == 255 and abs(int(rgb[3, 3, 1]) - 127) <= 1
+    # A real cut-out photo: its transparent corner turns white.
+    photo = Image.open(io.BytesIO(tux_photo))
+    assert photo.mode in ("RGBA", "LA", "P")
+    rgb = decode_image(tux_photo, max_pixels=LIMIT).rgb
+    corner_alpha = np.asarray(photo.convert("RGBA"))[0, 0, 3]
+    if corner_alpha == 0:
+        assert tuple(rgb[0, 0]) == (255, 255, 255)
+    assert rgb.shape[:2] == (photo.height, photo.width)
+
+
+def test_palette_transparency_is_composited() -> None:
+    im = Image.new("P", (4, 4), 0)
+    im.putpalette([0, 255, 0] + [0, 0, 0] * 255)
+    im.info["transparency"] = 0
+    buf = io.BytesIO()
+    im.save(buf, format="GIF", transparency=0)
+    rgb = decode_image(buf.getvalue(), max_pixels=LIMIT).rgb
+    assert tuple(rgb[1, 1]) == (255, 255, 255)
+
+
+def test_empty_and_garbage_bytes_are_400() -> None:
+    assert _error(b"").status == 400
+    err = _error(b"this is not an image at all")
+    assert err.status == 400 and "JPEG, PNG, GIF, BMP, WebP" in err.message
+
+
+def test_other_formats_are_refused(chelsea: np.ndarray) -> None:
+    err = _error(encode(chelsea, "TIFF"))
+    assert err.status == 400 and "accepted formats" in err.message
+
+
+def test_zero_sized_image_is_400() -> None:
+    for w, h in ((0, 0), (0, 10), (10, 0)):
+        err = _error(png_with_header(w, h))
+        assert err.status == 400, (w, h, err)
+
+
+def test_pixel_limit_is_413_before_decoding() -> None:
+    err = _error(png_with_header(8000, 6000))  # 48 MP, over the 40 MP limit; the data is never read
+    assert err.status == 413 and "8000x6000" in err.message
+    assert _error(solid((1, 2, 3), (300, 200)), limit=300 * 200 - 1).status == 413
+    assert decode_image(solid((1, 2, 3), (300, 200)), max_pixels=300 * 200).width == 300
+
+
+def test_decompression_bomb_header_is_413() -> None:
+    err = _error(png_with_header(60000, 60000), limit=10**10)  # 3.6 GP: Pillow's own bomb guard fires first
+    assert err.status == 413
+
+
+def test_truncated_files_are_400(chelsea_jpeg: bytes, chelsea_png: bytes) -> None:
+    for data in (chelsea_jpeg[: len(chelsea_jpeg) // 2], chelsea_png[: len(chelsea_png) // 2]):
+        err = _error(data)
+        assert err.status == 400, err
+
+
+def test_header_with_missing_data_is_400() -> None:
+    assert _error(png_with_header(64, 64, idat=b"\x00" * 10)).status == 400
+
+
+def test_decode_images_names_the_bad_one(chelsea_png: bytes) -> None:
+    with pytest.raises(ApiError) as info:
+        decode_images([chelsea_png, b"nope"], max_pixels=LIMIT)
+    assert info.value.status == 400 and info.value.message.startswith("image 2:")
+    assert len(decode_images([chelsea_png, chelsea_png], max_pixels=LIMIT)) == 2
+
+
+def test_serving_png_shrinks_only_large_images(chelsea: np.ndarray, chelsea_png: bytes) -> None:
+    decoded = decode_image(chelsea_png, max_pixels=LIMIT)  # 451 x 300
+    small = Image.open(io.BytesIO(serving_png(decoded, (32, 32), factor=2.0)))
+    assert max(small.size) <= 64 and abs(small.width / small.height - 451 / 300) < 0.05
+    same = Image.open(io.BytesIO(serving_png(decoded, (300, 300), factor=2.0)))
+    assert same.size == (451, 300)
+    assert np.array_equal(np.asarray(same), chelsea)
+
+
+def test_pad_box_matches_resize_with_pad_geometry() -> None:
+    # Landscape 100x200 into 64x64: scale 64/200 -> 32x64, centred vertically.
+    assert pad_box(100, 200, 64, 64) == pad_box(height=100, width=200, target_height=64, target_width=64)
+    box = pad_box(100, 200, 64, 64)
+    assert (box.top, box.left, box.height, box.width) == (16, 0, 32, 64)
+    # Portrait 300x100: width 64/3 = 21.33 -> 21, left = floor((64 - 21.33) / 2) = 21.
+    box = pad_box(300, 100, 64, 64)
+    assert (box.top, box.left, box.height, box.width) == (0, 21, 64, 21)
+    # Same aspect: no padding at all.
+    box = pad_box(50, 50, 224, 224)
+    assert (box.top, box.left, box.height, box.width) == (0, 0, 224, 224)
+    with pytest.raises(ValueError):
+        pad_box(0, 10, 64, 64)
+
+
+def test_resize_with_pad_pads_with_zeros() -> None:
+    rgb = np.full((100, 200, 3), 200, dtype=np.uint8)
+    out = resize_with_pad(rgb, 64, 64)
+    assert out.shape == (64, 64, 3) and out.dtype == np.float32
+    assert np.all(out[:16] == 0) and np.all(out[48:] == 0)
+    assert np.allclose(out[16:48], 200)
+
+
+def test_total_pixels_of_a_request_are_bounded() -> None:
+    blobs = [solid((1, 2, 3), (100, 100))] * 3
+    assert len(decode_images(blobs, max_pixels=LIMIT, max_total_pixels=30_000)) == 3
+    with pytest.raises(ApiError) as info:
+        decode_images(blobs, max_pixels=LIMIT, max_total_pixels=29_999)
+    assert info.value.status == 413 and "29999 pixels together" in info.value.message
+
+
+def test_the_configured_limit_decides_below_pillows_bomb_error() -> None:
+    # 100 MP: above Pillow's warning threshold (89 MP), below its error (179 MP). The data is too short, so an
+    # accepted header still ends in a 400 for the truncated data, never in a warning turned error.
+    header = png_with_header(10_000, 10_000)
+    assert _error(header, limit=99_999_999).status == 413
+    assert _error(header, limit=100_000_000).status == 400
+
+
+def test_total_pixels_are_checked_from_headers_first() -> None:
+    # Two 30 MP headers with no data: refused as too large together, before any decoding is tried.
+    blobs = [png_with_header(6000, 5000), png_with_header(6000, 5000)]
+    with pytest.raises(ApiError) as info:
+        decode_images(blobs, max_pixels=LIMIT, max_total_pixels=50_000_000)
+    assert info.value.status == 413
+
+
+def test_plain_uploads_are_sent_as_they_are(chelsea: np.ndarray, chelsea_jpeg: bytes, chelsea_png: bytes) -> None:
+    for data in (chelsea_jpeg, chelsea_png):
+        decoded = decode_image(data, max_pixels=LIMIT)
+        assert serving_png(decoded, (300, 300)) is data  # small enough: no shrinking, no re-encoding
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rotated = encode(chelsea, "JPEG", exif=exif.tobytes())
+    others = [rotated, encode(chelsea, "BMP"), encode(chelsea, "WEBP"), encode(chelsea[..., 0], "PNG"),
+              encode(np.dstack([chelsea, np.full(chelsea.shape[:2], 255, np.uint8)]), "PNG")]  # fmt: skip
+    for data in others:
+        decoded = decode_image(data, max_pixels=LIMIT)
+        sent = serving_png(decoded, (300, 300))
+        assert sent != data and sent.startswith(b"\x89PNG")
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(sent))), decoded.rgb)

@@ -1,0 +1,307 @@
+"""Domain functions (explain_api.service) against the fake serving client: validation, targets, batching,
+metadata caching and the black-box occlusion maths."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from explain_api import service
+from explain_api.errors import ApiError
+from explain_api.images import DecodedImage, decode_image
+from explain_api.service import ExplainSpec, ModelCatalog, ModelRef
+from glimpse_wire import contract as c
+from glimpse_wire.errors import Unavailable
+from tests.explain_api.conftest import solid
+from tests.explain_api.fakes import FakeServing
+
+REF = ModelRef("tiny")
+
+
+def _image(color: tuple[int, int, int], size: tuple[int, int] = (60, 40)) -> DecodedImage:
+    return decode_image(solid(color, size), max_pixels=10**7)
+
+
+def _catalog(fake: FakeServing, **kw) -> ModelCatalog:
+    return ModelCatalog(fake, ttl_s=kw.pop("ttl_s", 30.0), **kw)
+
+
+def _error(fn, *args, **kwargs) -> ApiError:
+    with pytest.raises(ApiError) as info:
+        fn(*args, **kwargs)
+    return info.value
+
+
+# ---------------------------------------------------------------------------------------------------- validation
+
+
+def test_unknown_method_lists_all_methods() -> None:
+    err = _error(service.validate_method, "lime")
+    assert err.status == 400
+    for method in c.EXPLAIN_METHODS:
+        assert method in err.message
+    assert service.validate_method("smoothgrad") == "smoothgrad"
+
+
+def test_params_get_defaults_types_and_ranges() -> None:
+    assert service.validate_params("smoothgrad", {}) == {"num_samples": 5, "noise": 1.0, "seed": 0}
+    got = service.validate_params("smoothgrad", {"num_samples": "12", "noise": "2.5"})
+    assert got == {"num_samples": 12, "noise": 2.5, "seed": 0}
+    assert service.validate_params("gradcam", {"use_guided_grads": "false"}) == {"use_guided_grads": False}
+    assert service.validate_params("vanilla_gradients", None) == {}
+    err = _error(service.validate_params, "occlusion", {"patch": 3})
+    assert err.status == 400 and "allowed: patch_size, stride" in err.message
+    assert "allowed: none" in _error(service.validate_params, "vanilla_gradients", {"x": 1}).message
+    assert "integer" in _error(service.validate_params, "integrated_gradients", {"n_steps": "ten"}).message
+    assert "integer" in _error(service.validate_params, "integrated_gradients", {"n_steps": 2.5}).message
+    assert "out of range" in _error(service.validate_params, "integrated_gradients", {"n_steps": 0}).message
+    assert "out of range" in _error(service.validate_params, "smoothgrad", {"noise": 1e9}).message
+    assert "number" in _error(service.validate_params, "smoothgrad", {"noise": "nan"}).message
+    assert "boolean" in _error(service.validate_params, "gradcam", {"use_guided_grads": "maybe"}).message
+
+
+def test_blackbox_occlusion_accepts_its_own_scaling_params() -> None:
+    got = service.validate_params("occlusion", {"input_scale": "0.5"}, blackbox=True)
+    assert got == {"patch_size": 0, "stride": 0, "input_scale": 0.5, "input_offset": 0.0}
+    assert "input_scale" in _error(service.validate_params, "gradcam", {"input_scale": 1}, blackbox=True).message
+
+
+def test_targets(fake: FakeServing) -> None:
+    info = _catalog(fake).get(REF)
+    assert service.resolve_target(info) == -1
+    assert service.resolve_target(info, label="blue") == 2
+    assert service.resolve_target(info, class_index="1") == 1
+    assert service.resolve_target(info, class_index=-1) == -1
+    err = _error(service.resolve_target, info, label="purple")
+    assert err.status == 400 and "red, green, blue" in err.message
+    assert "[0, 2]" in _error(service.resolve_target, info, class_index=3).message
+    assert _error(service.resolve_target, info, class_index=-2).status == 400
+    assert "integer" in _error(service.resolve_target, info, class_index="x").message
+    assert "not both" in _error(service.resolve_target, info, class_index=1, label="red").message
+
+
+def test_top_k_orders_by_score_and_clamps_k(fake: FakeServing) -> None:
+    info = _catalog(fake).get(REF)
+    top = service.top_k_predictions(np.array([0.2, 0.5, 0.3]), 2, info)
+    assert [(p.class_index, p.label) for p in top] == [(1, "green"), (2, "blue")]
+    assert len(service.top_k_predictions(np.array([0.2, 0.5, 0.3]), 10, info)) == 3
+
+
+# ------------------------------------------------------------------------------------------------ model metadata
+
+
+def test_model_info_from_metadata_and_classify(fake: FakeServing) -> None:
+    info = service.build_model_info(fake, REF)
+    assert info.version == 1 and info.input_size == (32, 32) and info.num_classes == 3
+    assert info.labels == ("red", "green", "blue")  # from the classification signature's classes
+    assert info.methods == c.EXPLAIN_METHODS and info.fallback_methods == ()
+    assert info.has_image_bytes and info.pixel_signature == service.PixelSignature(
+        c.SIG_PIXELS, c.IN_IMAGES, c.OUT_PROBABILITIES
+    )
+
+
+def test_model_info_without_classify_or_pixels() -> None:
+    fake = FakeServing(with_classify=False, with_pixels=False, input_size=(24, 24))
+    info = service.build_model_info(fake, REF)
+    assert info.labels == () and info.label_of(2) == "class_2"
+    assert info.input_size == (24, 24)  # from the explain signatures' heatmap output
+    assert info.fallback_methods == ()
+
+
+def test_catalog_caches_per_ref_for_ttl(fake: FakeServing) -> None:
+    now = [100.0]
+    catalog = _catalog(fake, ttl_s=10.0, clock=lambda: now[0])
+    catalog.get(REF)
+    catalog.get(REF)
+    assert len(fake.calls_of("GetModelMetadata")) == 1
+    catalog.get(ModelRef("tiny", label="stable"))
+    assert len(fake.calls_of("GetModelMetadata")) == 2
+    now[0] += 11.0
+    catalog.get(REF)
+    assert len(fake.calls_of("GetModelMetadata")) == 3
+    catalog.invalidate("tiny")
+    catalog.get(REF)
+    assert len(fake.calls_of("GetModelMetadata")) == 4
+
+
+def test_catalog_does_not_cache_failures(fake: FakeServing) -> None:
+    catalog = _catalog(fake)
+    fake.failures.append(Unavailable("connection refused"))
+    with pytest.raises(Unavailable):
+        catalog.get(REF)
+    assert catalog.get(REF).version == 1
+
+
+# ---------------------------------------------------------------------------------------------------- predictions
+
+
+def test_predict_batches_images_into_one_call(fake: FakeServing) -> None:
+    images = [_image((255, 0, 0)), _image((0, 255, 0)), _image((0, 0, 255))]
+    out = service.predict_images(fake, _catalog(fake), REF, images, top_k=2, budget=4 * 2**20)
+    assert [r.predictions[0].label for r in out.images] == ["red", "green", "blue"]
+    assert all(len(r.predictions) == 2 for r in out.images)
+    predicts = fake.calls_of("Predict")
+    assert len(predicts) == 1 and predicts[0].batch == 3 and predicts[0].signature == c.SIG_DEFAULT
+    assert predicts[0].version == 1  # pinned to the version the metadata came from
+    assert out.version == 1
+
+
+def test_predict_splits_batches_over_the_message_budget(fake: FakeServing) -> None:
+    images = [_image((255, 0, 0)) for _ in range(5)]
+    service.predict_images(fake, _catalog(fake), REF, images, top_k=1, budget=1)
+    assert [call.batch for call in fake.calls_of("Predict")] == [1, 1, 1, 1, 1]
+
+
+def test_predict_on_a_pixels_only_model_uses_predict_pixels() -> None:
+    fake = FakeServing(with_image_bytes=False, methods=())
+    out = service.predict_images(fake, _catalog(fake), REF, [_image((0, 0, 255))], top_k=1, budget=2**22)
+    assert out.images[0].predictions[0].label == "blue"
+    assert fake.calls_of("Predict")[0].signature == c.SIG_PIXELS
+
+
+# --------------------------------------------------------------------------------------------------- explanations
+
+
+def test_explain_in_graph_one_call_for_the_batch(fake: FakeServing) -> None:
+    images = [_image((255, 0, 0)), _image((0, 0, 255))]
+    out = service.explain_images(
+        fake, _catalog(fake), REF, images, ExplainSpec("smoothgrad", {"num_samples": 3}), top_k=3, budget=2**22
+    )
+    assert out.via == "signature" and out.method == "smoothgrad"
+    assert out.params == {"num_samples": 3, "noise": 1.0, "seed": 0}
+    assert [e.label for e in out.images] == ["red", "blue"]
+    calls = fake.calls_of("Predict")
+    assert len(calls) == 1 and calls[0].batch == 2 and calls[0].signature == "explain_smoothgrad"
+    heat = out.images[0].heatmap
+    assert heat.shape == (32, 32) and heat.min() >= 0.0 and heat.max() <= 1.0
+
+
+def test_explain_for_a_chosen_label(fake: FakeServing) -> None:
+    out = service.explain_images(
+        fake, _catalog(fake), REF, [_image((255, 0, 0))], ExplainSpec("gradcam", label="green"), top_k=1, budget=2**22
+    )
+    assert out.images[0].class_index == 1 and out.images[0].label == "green"
+    assert out.images[0].score < 0.01
+    assert out.images[0].predictions[0].label == "red"
+
+
+def test_gradient_methods_without_signatures_are_422() -> None:
+    fake = FakeServing(methods=())
+    err = _error(
+        service.explain_images,
+        fake,
+        _catalog(fake),
+        REF,
+        [_image((1, 2, 3))],
+        ExplainSpec("gradcam"),
+        top_k=1,
+        budget=2**22,
+    )
+    assert err.status == 422 and "glimpse export" in err.message and "occlusion" in err.message
+    assert fake.calls_of("Predict") == []
+
+
+def test_occlusion_needs_pixels_or_a_signature() -> None:
+    fake = FakeServing(methods=(), with_pixels=False)
+    err = _error(
+        service.explain_images,
+        fake,
+        _catalog(fake),
+        REF,
+        [_image((1, 2, 3))],
+        ExplainSpec("occlusion"),
+        top_k=1,
+        budget=2**22,
+    )
+    assert err.status == 422 and "Available here: none" in err.message
+
+
+# ------------------------------------------------------------------------------------------- black-box occlusion
+
+
+def test_occlusion_patches_cover_every_pixel_with_full_squares() -> None:
+    assert service.occlusion_patches(8, 8, 4, 4) == [(0, 0, 4, 4), (0, 4, 4, 8), (4, 0, 8, 4), (4, 4, 8, 8)]
+    patches = service.occlusion_patches(10, 10, 4, 3)  # starts 0, 3, 6 on each axis
+    assert len(patches) == 9 and all(b - t == 4 and r - left == 4 for t, left, b, r in patches)
+    patches = service.occlusion_patches(11, 9, 4, 4)  # 0, 4, then 7 flush with the border; 0, 4, 5
+    covered = np.zeros((11, 9), dtype=bool)
+    for t, left, b, r in patches:
+        covered[t:b, left:r] = True
+    assert covered.all()
+    assert service.occlusion_patches(4, 4, 8, 8) == [(0, 0, 4, 4)]
+
+
+def test_occlusion_map_is_the_mean_score_drop() -> None:
+    patches = [(0, 0, 2, 2), (0, 2, 2, 4), (2, 0, 4, 2), (2, 2, 4, 4)]
+    m = service.occlusion_map(0.9, [0.1, 0.9, 0.9, 0.5], patches, (4, 4))
+    expected = np.array([[0.8, 0.8, 0, 0], [0.8, 0.8, 0, 0], [0, 0, 0.4, 0.4], [0, 0, 0.4, 0.4]], dtype=np.float32)
+    assert np.allclose(m, expected)
+    # Overlapping patches: pixel (1, 1) is covered by both, so it gets the mean of the two drops.
+    m = service.occlusion_map(1.0, [0.0, 0.5], [(0, 0, 2, 2), (1, 1, 3, 3)], (3, 3))
+    assert m[0, 0] == pytest.approx(1.0) and m[1, 1] == pytest.approx(0.75) and m[2, 2] == pytest.approx(0.5)
+
+
+def test_blackbox_occlusion_finds_where_the_model_looks() -> None:
+    """The fake model scores with the top-left quadrant of its 32x32 input only: occluding there lowers the score,
+    occluding elsewhere changes nothing. The map must be hot exactly there."""
+    fake = FakeServing(methods=())
+    budget = 3 * (32 * 32 * 3 * 4 + 1024)
+    image = decode_image(solid((255, 0, 0), (32, 32)), max_pixels=10**6)
+    out = service.explain_images(
+        fake, _catalog(fake), REF, [image], ExplainSpec("occlusion", {"patch_size": 8}), top_k=3, budget=budget
+    )
+    assert out.via == "blackbox" and out.params["patch_size"] == 8 and out.params["stride"] == 8
+    item = out.images[0]
+    assert item.label == "red" and item.score > 0.99
+    heat = item.heatmap
+    assert heat[:16, :16].min() > 0.5 and heat[16:, :].max() == 0.0 and heat[:, 16:].max() == 0.0
+    calls = fake.calls_of("Predict")
+    assert {call.signature for call in calls} == {c.SIG_PIXELS}
+    assert sum(call.batch for call in calls) == 1 + 16  # the original plus 16 occluded copies
+    assert max(call.batch for call in calls) == 3  # chunked to stay within the message budget
+
+
+def test_blackbox_occlusion_refuses_too_many_patches() -> None:
+    fake = FakeServing(methods=())
+    err = _error(
+        service.explain_images,
+        fake,
+        _catalog(fake),
+        REF,
+        [_image((255, 0, 0))],
+        ExplainSpec("occlusion", {"patch_size": 1, "stride": 1}),
+        top_k=1,
+        budget=2**22,
+        max_patches=100,
+    )
+    assert err.status == 400 and "1024" in err.message and "limit is 100" in err.message
+
+
+def test_blackbox_input_scaling_is_applied(fake: FakeServing) -> None:
+    fake = FakeServing(methods=())
+    image = decode_image(solid((255, 0, 0), (32, 32)), max_pixels=10**6)
+    out = service.explain_images(
+        fake,
+        _catalog(fake),
+        REF,
+        [image],
+        ExplainSpec("occlusion", {"patch_size": 16, "input_scale": 0.0}),
+        top_k=3,
+        budget=2**22,
+    )
+    # Every pixel scaled to 0: the model sees black everywhere, nothing changes, the map is flat.
+    assert out.images[0].heatmap.max() == 0.0 and out.images[0].score == pytest.approx(1 / 3, abs=1e-5)
+
+
+def test_unusable_server_outputs_are_502(fake: FakeServing) -> None:
+    class Truncating(FakeServing):
+        def predict(self, model, inputs, **kwargs):
+            result = super().predict(model, inputs, **kwargs)
+            return type(result)(result.model, {k: v[:1] for k, v in result.outputs.items()})
+
+    broken = Truncating()
+    images = [_image((255, 0, 0)), _image((0, 255, 0))]
+    err = _error(service.explain_images, broken, _catalog(broken), REF, images, ExplainSpec(), top_k=1, budget=2**22)
+    assert err.status == 502 and "'heatmap'" in err.message
+    err = _error(service.predict_images, broken, _catalog(broken), REF, images, top_k=1, budget=2**22)
+    assert err.status == 502 and "'probabilities'" in err.message
