@@ -92,7 +92,7 @@ def main() -> int:
     _wait_ready(f"http://127.0.0.1:{API_PORT}/readyz", timeout_s=180)
 
     photo = next(Path("/usr/share/tuxpaint/stamps/animals/mammals").rglob("*.png"))
-    _explain(photo, "overlay", OUT / "demo_gradcam.png")
+    _explain(photo, "png", OUT / "demo_gradcam.png")
     _explain(photo, "grid", OUT / "demo_gradcam_grid.png")
     with urllib.request.urlopen(f"http://127.0.0.1:{API_PORT}/v1/models/{NAME}", timeout=10) as r:
         info = json.load(r)
