@@ -36,6 +36,8 @@ def configure_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--optimizer", default="adam", choices=_OPTIMIZERS)
+    p.add_argument("--lr-schedule", default="constant", choices=("constant", "cosine"),
+                   help="constant, or cosine decay to 0 over --epochs")
     p.add_argument("--patience", type=_positive_int, default=5, help="early-stopping patience (val_accuracy)")
     p.add_argument("--unfreeze", type=_fraction, default=0.0,
                    help="fraction of the backbone's last layers to fine-tune (0 = frozen, 1 = all)")
@@ -59,7 +61,8 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         config = TrainConfig(
             dataset=args.dataset, model=args.model, image_size=args.image_size, epochs=args.epochs,
-            batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, patience=args.patience,
+            batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, lr_schedule=args.lr_schedule,
+            patience=args.patience,
             unfreeze=args.unfreeze, dropout=args.dropout, dense_units=args.dense_units, augment=args.augment,
             seed=args.seed, max_examples=args.max_examples, weights=args.weights, logdir=args.logdir,
             export_dir=args.export_dir, name=args.name,

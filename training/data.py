@@ -270,6 +270,16 @@ def _augmenter(kind: str, channels: int, seed: int) -> Any:
     return keras.Sequential(layers, name=f"augment_{kind}")
 
 
+def _augment_parallelism() -> int | None:
+    """AUTOTUNE, or sequential under op determinism: the random layers are stateful, and TF would run that map
+    sequentially anyway (after logging an error about rewriting the parallel map)."""
+    import tensorflow as tf
+    from tensorflow.python.framework import config as tf_config
+
+    deterministic = getattr(tf_config, "is_op_determinism_enabled", lambda: False)()
+    return None if deterministic else tf.data.AUTOTUNE
+
+
 def _pipeline(ds: Any, image_size: int, *, batch_size: int, seed: int, shuffle: bool, augment: Any) -> Any:
     import tensorflow as tf
 
@@ -284,7 +294,7 @@ def _pipeline(ds: Any, image_size: int, *, batch_size: int, seed: int, shuffle: 
     ds = ds.batch(batch_size)
     if augment is not None:
         ds = ds.map(lambda x, y: (tf.clip_by_value(augment(x, training=True), 0.0, 255.0), y),
-                    num_parallel_calls=tf.data.AUTOTUNE)
+                    num_parallel_calls=_augment_parallelism())
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
@@ -325,7 +335,8 @@ def _from_arrays(
 
     def make(idx: list[int], train: bool) -> Any:
         ds = _ragged_dataset([images[i] for i in idx], [labels[i] for i in idx])
-        return _pipeline(ds, image_size, batch_size=batch_size, seed=seed, shuffle=train, augment=aug if train else None)
+        return _pipeline(ds, image_size, batch_size=batch_size, seed=seed, shuffle=train,
+                         augment=aug if train else None)
 
     def test_records() -> Iterator[Record]:
         for i in te:
@@ -350,7 +361,8 @@ def _load_fashion_mnist(*, image_size: int, seed: int, max_examples: int | None,
 
     def make(x: np.ndarray, y: np.ndarray, train: bool) -> Any:
         ds = tf.data.Dataset.from_tensor_slices((x[..., None], y.astype(np.int64)))
-        return _pipeline(ds, image_size, batch_size=batch_size, seed=seed, shuffle=train, augment=aug if train else None)
+        return _pipeline(ds, image_size, batch_size=batch_size, seed=seed, shuffle=train,
+                         augment=aug if train else None)
 
     def test_records() -> Iterator[Record]:
         for i in te:
@@ -387,8 +399,12 @@ def _load_tfds(spec: str, *, image_size: int, seed: int, max_examples: int | Non
         raise DatasetUnavailable(f"could not load tfds dataset {name!r} ({type(e).__name__}: {e})") from e
     import tensorflow as tf
 
-    class_names = tuple(info.features["label"].names)
-    channels = int(info.features["image"].shape[-1] or 3)
+    image_key, label_key = info.supervised_keys or ("image", "label")
+    try:
+        class_names = tuple(info.features[label_key].names)
+        channels = int(info.features[image_key].shape[-1] or 3)
+    except (KeyError, AttributeError, TypeError) as e:
+        raise DatasetUnavailable(f"tfds dataset {name!r} is not an (image, class label) dataset: {e}") from e
     aug = _augmenter(augment, channels, seed)
     made = []
     counts = []

@@ -7,16 +7,19 @@ model through the model contract.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "LR_SCHEDULES",
     "OPTIMIZERS",
     "TrainConfig",
     "TrainResult",
@@ -29,6 +32,7 @@ __all__ = [
 ]
 
 OPTIMIZERS = ("adam", "sgd", "momentum", "rmsprop", "adagrad", "adadelta")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 def default_image_size(dataset: str, model: str) -> int:
@@ -46,6 +50,7 @@ class TrainConfig:
     batch_size: int = 32
     lr: float = 1e-3
     optimizer: str = "adam"
+    lr_schedule: str = "constant"  # or "cosine": decays lr to 0 over the planned epochs
     patience: int = 5
     unfreeze: float = 0.0
     dropout: float = 0.2
@@ -66,8 +71,27 @@ class TrainConfig:
                 raise ValueError(f"--{attr.replace('_', '-')} must be at least 1")
         if self.lr <= 0:
             raise ValueError("--lr must be positive")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown lr schedule {self.lr_schedule!r}; expected one of {', '.join(LR_SCHEDULES)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError("--dropout must be in [0, 1)")
+        if not 0.0 <= self.unfreeze <= 1.0:
+            raise ValueError("--unfreeze must be in [0, 1]")
+        if self.patience < 1:
+            raise ValueError("--patience must be at least 1")
+        if self.dense_units < 0:
+            raise ValueError("--dense-units must be >= 0 (0: no hidden layer in the head)")
+        if self.image_size is not None and self.image_size < 8:
+            raise ValueError("--image-size must be at least 8")
+        if self.max_examples is not None and self.max_examples < 1:
+            raise ValueError("--max-examples must be at least 1")
+        from training.data import AUGMENTATIONS
+        from training.models import MODELS
+
+        if self.model not in MODELS:
+            raise ValueError(f"unknown model {self.model!r}; expected one of {', '.join(MODELS)}")
+        if self.augment not in AUGMENTATIONS:
+            raise ValueError(f"unknown augmentation {self.augment!r}; expected one of {', '.join(AUGMENTATIONS)}")
 
     @property
     def size(self) -> int:
@@ -103,7 +127,35 @@ def seed_everything(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-def make_optimizer(name: str, lr: float) -> Any:
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """``seed_everything`` for the duration of a run; op determinism is switched off again afterwards if it was off
+    before, so a library caller (or the next test in the same process) keeps TensorFlow's usual behaviour."""
+    from tensorflow.python.framework import config as tf_config
+
+    was_on = bool(getattr(tf_config, "is_op_determinism_enabled", lambda: True)())
+    seed_everything(seed)
+    try:
+        yield
+    finally:
+        disable = getattr(tf_config, "disable_op_determinism", None)
+        if not was_on and disable is not None:
+            disable()
+
+
+def _unique_run_dir(logdir: str, stem: str) -> Path:
+    """``logdir/stem-<timestamp>``, with a counter when two runs start within the same second."""
+    base = Path(logdir) / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir, n = base, 1
+    while run_dir.exists():
+        n += 1
+        run_dir = base.with_name(f"{base.name}-{n}")
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def make_optimizer(name: str, lr: Any) -> Any:
+    """A Keras optimizer by name; ``lr`` is a float or a ``keras.optimizers.schedules.LearningRateSchedule``."""
     import keras
 
     factories = {
@@ -137,12 +189,6 @@ def _epoch_timer() -> Any:
     return EpochTimer()
 
 
-def _as_rgb(ds: Any) -> Any:
-    import tensorflow as tf
-
-    return ds.map(lambda x, y: (tf.image.grayscale_to_rgb(x), y), num_parallel_calls=tf.data.AUTOTUNE)
-
-
 def _log_run_start(run_dir: Path, splits: Any, config: TrainConfig) -> None:
     import tensorflow as tf
 
@@ -166,29 +212,38 @@ def _log_hparams(run_dir: Path, config: TrainConfig, metrics: dict[str, float]) 
 
 def train(config: TrainConfig, *, export: bool = True, callbacks: Sequence[Any] = (), verbose: int | str = "auto"
           ) -> TrainResult:
-    """Train, evaluate on the test split, and (``export=True``) export the next version of the model."""
+    """Train, evaluate on the test split, and (``export=True``) export the next version of the model.
+
+    The run is seeded with ``config.seed`` and TF op determinism is on while it runs: two runs with the same config
+    and data give identical weights and metrics. ``callbacks`` are added to Keras' fit; ``verbose`` is fit's.
+    """
+    t_start = time.perf_counter()
+    with _seeded(config.seed):
+        return _train(config, export=export, callbacks=callbacks, verbose=verbose, t_start=t_start)
+
+
+def _train(config: TrainConfig, *, export: bool, callbacks: Sequence[Any], verbose: int | str, t_start: float
+           ) -> TrainResult:
     import keras
 
     from training.data import load_dataset
-    from training.models import _PRETRAINED, build_model
+    from training.models import build_model
 
-    t_start = time.perf_counter()
-    seed_everything(config.seed)
     splits = load_dataset(config.dataset, image_size=config.size, seed=config.seed, max_examples=config.max_examples,
                           batch_size=config.batch_size, augment=config.augment)
-    channels = splits.channels
+    channels = splits.channels  # grey stays grey: pretrained models repeat it to RGB inside
     train_ds, val_ds, test_ds = splits.train, splits.val, splits.test
-    if config.model in _PRETRAINED and channels == 1:
-        train_ds, val_ds, test_ds, channels = _as_rgb(train_ds), _as_rgb(val_ds), _as_rgb(test_ds), 3
-
     model, info = build_model(config.model, len(splits.class_names), image_size=config.size, channels=channels,
                               weights=config.weights, unfreeze=config.unfreeze, dropout=config.dropout,
                               dense_units=config.dense_units, seed=config.seed)
-    model.compile(optimizer=make_optimizer(config.optimizer, config.lr), loss="sparse_categorical_crossentropy",
+    lr: Any = config.lr
+    if config.lr_schedule == "cosine":
+        steps = max(1, math.ceil(splits.num_train / config.batch_size)) * config.epochs
+        lr = keras.optimizers.schedules.CosineDecay(config.lr, decay_steps=steps)
+    model.compile(optimizer=make_optimizer(config.optimizer, lr), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
 
-    run_dir = Path(config.logdir) / f"{config.model_name}-{config.model}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = _unique_run_dir(config.logdir, f"{config.model_name}-{config.model}")
     _log_run_start(run_dir, splits, config)
     timer = _epoch_timer()
     fit_callbacks = [
@@ -237,15 +292,17 @@ def pipeline_benchmark(dataset: str = "tuxpaint", model: str = "efficientnet_lit
                        steps: int = 20, batch_size: int = 32) -> dict[str, float]:
     """Seconds per training step with the real input pipeline vs the same step on synthetic tensors in memory.
 
-    A ratio near 1 means the pipeline keeps up with the model (it is not the bottleneck).
+    A ratio near 1 means the pipeline keeps up with the model (it is not the bottleneck). The real pipeline is
+    timed after one full pass (its cache is filled, as in every epoch after the first); augmentation is included.
     """
+    import keras
     import numpy as np
     import tensorflow as tf
 
     from training.data import load_dataset
     from training.models import build_model
 
-    seed_everything(0)
+    keras.utils.set_random_seed(0)
     splits = load_dataset(dataset, image_size=image_size, batch_size=batch_size, seed=0)
     m, _ = build_model(model, len(splits.class_names), image_size=image_size, channels=splits.channels)
     m.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
@@ -254,17 +311,19 @@ def pipeline_benchmark(dataset: str = "tuxpaint", model: str = "efficientnet_lit
                     tf.float32)
     y = tf.constant(np.zeros(batch_size), tf.int32)
     synthetic = tf.data.Dataset.from_tensors((x, y)).repeat()
-    m.fit(synthetic, steps_per_epoch=3, epochs=1, verbose=0)  # build and warm up
-    m.fit(real, steps_per_epoch=3, epochs=1, verbose=0)  # fill the cache
+    m.fit(synthetic, steps_per_epoch=3, epochs=1, shuffle=False, verbose=0)  # build and warm up
+    one_pass = math.ceil(splits.num_train / batch_size) + 1
+    m.fit(real, steps_per_epoch=one_pass, epochs=1, shuffle=False, verbose=0)  # fill the cache
 
     def timed(ds: Any) -> float:
         t0 = time.perf_counter()
-        m.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
+        m.fit(ds, steps_per_epoch=steps, epochs=1, shuffle=False, verbose=0)
         return (time.perf_counter() - t0) / steps
 
     synthetic_s = timed(synthetic)
     real_s = timed(real)
-    return {"real_step_s": real_s, "synthetic_step_s": synthetic_s, "ratio": real_s / synthetic_s}
+    return {"real_step_s": real_s, "synthetic_step_s": synthetic_s, "ratio": real_s / synthetic_s,
+            "steps": steps, "batch_size": batch_size, "image_size": image_size}
 
 
 def run_pipeline_benchmarks(quick: bool = False) -> list[dict[str, Any]]:

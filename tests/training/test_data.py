@@ -84,6 +84,17 @@ def test_folder_spec_reads_real_images_of_any_format(tmp_path):
     assert s.num_train + s.num_val + s.num_test == 20 and s.num_val >= 2 and s.num_test >= 2
 
 
+@pytest.mark.slow
+def test_max_examples_caps_every_split_and_randaugment_keeps_the_pixel_range():
+    s = load_dataset("tuxpaint", image_size=32, seed=3, max_examples=10, batch_size=4, augment="randaugment")
+    assert (s.num_train, s.num_val, s.num_test) == (10, 10, 10)
+    assert sum(int(y.shape[0]) for _, y in s.train) == 10
+    assert len(list(s.test_records())) == 10
+    for x, _ in s.train:
+        assert x.shape[1:] == (32, 32, 3)
+        assert 0.0 <= float(x.numpy().min()) and float(x.numpy().max()) <= 255.0
+
+
 def test_folder_errors_are_clear(tmp_path):
     with pytest.raises(DatasetUnavailable, match="not a directory"):
         load_dataset(f"folder:{tmp_path / 'missing'}", image_size=32)

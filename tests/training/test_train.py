@@ -30,8 +30,27 @@ def test_same_seed_same_weights_and_metrics(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_run_leaves_the_op_determinism_setting_as_it_found_it(tmp_path):
+    from tensorflow.python.framework import config as tf_config
+
+    before = tf_config.is_op_determinism_enabled()
+    train(_tiny(tmp_path, epochs=1, max_examples=16), export=False, verbose=0)
+    assert tf_config.is_op_determinism_enabled() == before
+
+
+@pytest.mark.slow
+def test_pipeline_benchmark_times_real_and_synthetic_steps():
+    from training.train import pipeline_benchmark
+
+    r = pipeline_benchmark("tuxpaint", "scratch", image_size=32, steps=3, batch_size=16)
+    assert r["real_step_s"] > 0 and r["synthetic_step_s"] > 0
+    assert r["ratio"] == pytest.approx(r["real_step_s"] / r["synthetic_step_s"])
+
+
+@pytest.mark.slow
 def test_run_logs_tensorboard_scalars_histograms_images_and_hparams(tmp_path):
-    r = train(_tiny(tmp_path, epochs=1), export=False, verbose=0)
+    r = train(_tiny(tmp_path, epochs=1, lr_schedule="cosine"), export=False, verbose=0)
+    assert float(r.model.optimizer.learning_rate) == pytest.approx(0.0, abs=1e-7)  # cosine decayed over the run
     files = [p.relative_to(r.run_dir).as_posix() for p in r.run_dir.rglob("events.out.tfevents.*")]
     assert any(f.startswith("train/") for f in files) and any(f.startswith("validation/") for f in files)
     assert any(f.startswith("samples/") for f in files)
@@ -77,4 +96,12 @@ def test_config_validation():
         TrainConfig(optimizer="lion")
     with pytest.raises(ValueError, match="epochs"):
         TrainConfig(epochs=0)
+    with pytest.raises(ValueError, match="unfreeze"):
+        TrainConfig(unfreeze=1.5)
+    with pytest.raises(ValueError, match="efficientnet_lite0, mobilenet_v2"):
+        TrainConfig(model="vgg")
+    with pytest.raises(ValueError, match="basic, randaugment, none"):
+        TrainConfig(augment="mixup")
+    with pytest.raises(ValueError, match="constant, cosine"):
+        TrainConfig(lr_schedule="step")
     assert TrainConfig(dataset="folder:/data/My Photos").model_name == "My_Photos"
