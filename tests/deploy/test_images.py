@@ -34,7 +34,7 @@ except ModuleNotFoundError:  # Python 3.10
 API_REQUIREMENTS = s.DOCKER_DIR / "explain-api.requirements.txt"
 SERVE_REQUIREMENTS = s.DOCKER_DIR / "serve.requirements.txt"
 FIRST_PARTY = {"glimpse", "glimpse_wire", "explain_api", "serving", "training", "whatif", "tests"}
-# What each image runs (benchmarks, proto regeneration (_regen, _protogen) and the container launcher are not run inside them).
+# What each image runs (benchmarks, proto regeneration and the container launcher are not run inside them).
 API_MODULES = [
     *sorted(p for p in (s.REPO_ROOT / "explain_api").glob("*.py") if p.name != "bench.py"),
     *sorted(p for p in (s.REPO_ROOT / "glimpse_wire").glob("*.py") if p.name not in ("_regen.py", "_protogen.py")),
