@@ -69,9 +69,8 @@ def format_rows(suite: str, rows: list[dict[str, Any]]) -> list[str]:
     for r in rows:
         ratio = r.get("ratio")
         ratio_s = f"{ratio:.3f}x" if isinstance(ratio, (int, float)) else str(ratio or "")
-        lines.append(
-            f"| {r['name']} | {_fmt_s(r.get('ours_s'))} | {_fmt_s(r.get('baseline_s'))} | {ratio_s} | {r.get('note', '')} |"
-        )
+        ours, base = _fmt_s(r.get("ours_s")), _fmt_s(r.get("baseline_s"))
+        lines.append(f"| {r['name']} | {ours} | {base} | {ratio_s} | {r.get('note', '')} |")
     return lines + [""]
 
 
