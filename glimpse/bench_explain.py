@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["BenchModel", "build_bench_model", "median_seconds", "run_explain_benchmarks"]
+__all__ = ["BenchModel", "build_bench_model", "median_seconds", "paired_medians", "run_explain_benchmarks"]
 
 IMAGE_SIZE = 224
 GRADCAM_LAYER = "out_relu"
@@ -48,6 +48,23 @@ def median_seconds(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> floa
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def paired_medians(
+    first: Callable[[], Any], second: Callable[[], Any], repeats: int, warmup: int = 1
+) -> tuple[float, float]:
+    """Median wall times of two functions timed alternately (first, second, first, ...), so that a shared machine's
+    changing load affects both alike."""
+    for _ in range(warmup):
+        first()
+        second()
+    a, b = [], []
+    for _ in range(max(1, repeats)):
+        for fn, times in ((first, a), (second, b)):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    return statistics.median(a), statistics.median(b)
 
 
 class BenchModel:
@@ -153,12 +170,13 @@ def _row(name: str, ours: float, baseline: float | None, note: str) -> dict[str,
 
 
 def _forward_floor(model: Any, image: np.ndarray, positions: int, repeats: int) -> tuple[float, int]:
-    """(positions x per-image forward time at the best batch size, that batch size)."""
+    """(positions x per-image forward time at the best batch size, that batch size). The floor counts whole forward
+    passes; it is what any occlusion that runs the model once per position must spend at least."""
     import tensorflow as tf
 
     forward = tf.function(lambda x: model(x, training=False))
     best, best_batch = float("inf"), 1
-    for batch in (8, 16, 32, 64):
+    for batch in (1, 2, 4, 8, 16, 32, 64):
         x = tf.constant(np.repeat(image[np.newaxis], batch, axis=0))
         per_image = median_seconds(lambda x=x: forward(x).numpy(), repeats) / batch
         if per_image < best:
@@ -171,14 +189,13 @@ def _gradcam_rows(bench: BenchModel, repeats: int) -> list[dict[str, Any]]:
 
     image = bench.image[np.newaxis]
     target = int(np.argmax(bench.model.predict(image, verbose=0)[0]))
-    ours = median_seconds(lambda: bench.explain("gradcam", 1), repeats)
 
     def theirs() -> Any:
         # tf-explain builds Model([model.inputs], ...) on every call; Keras 3 warns about that nesting and runs it.
         with _quiet():
             return GradCAM().explain((image, None), bench.model, target, layer_name=GRADCAM_LAYER)
 
-    baseline = median_seconds(theirs, repeats)
+    ours, baseline = paired_medians(lambda: bench.explain("gradcam", 1), theirs, repeats)
     return [
         _row(
             "Grad-CAM batch 1 vs tf-explain GradCAM.explain",
@@ -194,12 +211,14 @@ def _occlusion_rows(bench: BenchModel, repeats: int) -> list[dict[str, Any]]:
 
     image = bench.image[np.newaxis]
     target = int(np.argmax(bench.model.predict(image, verbose=0)[0]))
-    ours = median_seconds(lambda: bench.explain("occlusion", 1, patch_size=OCCLUSION_PATCH, stride=0), repeats)
+
     def theirs() -> Any:
         with _quiet():  # model.predict's progress bar; a constant map's 0/0 in heatmap_display (random weights)
             return OcclusionSensitivity().explain((image, None), bench.model, target, OCCLUSION_PATCH)
 
-    baseline = median_seconds(theirs, repeats)
+    ours, baseline = paired_medians(
+        lambda: bench.explain("occlusion", 1, patch_size=OCCLUSION_PATCH, stride=0), theirs, repeats
+    )
     grid = -(-IMAGE_SIZE // OCCLUSION_PATCH)
     positions = grid * grid
     floor, best_batch = _forward_floor(bench.model, bench.image, positions + 1, repeats)
@@ -237,8 +256,7 @@ def _batch_rows(bench: BenchModel, repeats: int, quick: bool) -> list[dict[str, 
     forward = tf.function(lambda x: bench.model(x, training=False))
     one = tf.constant(bench.image[np.newaxis])
     eight = tf.constant(np.repeat(bench.image[np.newaxis], 8, axis=0))
-    single = median_seconds(lambda: forward(one).numpy(), repeats)
-    batch = median_seconds(lambda: forward(eight).numpy(), repeats)
+    batch, single = paired_medians(lambda: forward(eight).numpy(), lambda: forward(one).numpy(), repeats)
     rows = [
         _row(
             "model forward alone: batch 8 per image vs batch 1",
@@ -250,8 +268,12 @@ def _batch_rows(bench: BenchModel, repeats: int, quick: bool) -> list[dict[str, 
     for method, params in _BATCH_PARAMS.items():
         heavy = method == "occlusion"
         reps = 1 if (quick and heavy) else max(1, repeats // (3 if heavy else 1))
-        single = median_seconds(lambda m=method, p=params: bench.explain(m, 1, **p), reps)
-        batch = median_seconds(lambda m=method, p=params: bench.explain(m, 8, **p), max(1, reps // 2))
+        batch, single = paired_medians(
+            lambda m=method, p=params: bench.explain(m, 8, **p),
+            lambda m=method, p=params: bench.explain(m, 1, **p),
+            reps,
+            warmup=0 if heavy else 1,
+        )
         rows.append(
             _row(
                 f"{method}: batch 8 per image vs batch 1",

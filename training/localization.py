@@ -3,7 +3,9 @@ deletion curve.
 
 The set: Tux Paint's real cut-out photos (RGBA) pasted, at a seeded random scale, flip and position, onto neutral grey
 backgrounds with seeded noise, so the object's box is known exactly (the tight box of its opaque pixels). Train and
-test use disjoint photos. A small functional CNN trained on it is then explained with every method:
+test use disjoint photos. A functional classifier trained on it (by default EfficientNet-Lite0's frozen ImageNet
+features to stride 8 plus a trainable conv head, the Grad-CAM layer; or a small CNN from scratch) is then explained
+with every method:
 
 - pointing game: the fraction of test images whose map peaks inside the object's box (explaining the true class);
 - deletion curve: the class probability as the most important pixels (by the map) are replaced by grey, 0% to 100%
