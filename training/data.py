@@ -270,17 +270,21 @@ def _augmenter(kind: str, channels: int, seed: int) -> Any:
     return keras.Sequential(layers, name=f"augment_{kind}")
 
 
-def _augment_parallelism() -> int | None:
-    """AUTOTUNE, or sequential under op determinism: the random layers are stateful, and TF would run that map
-    sequentially anyway (after logging an error about rewriting the parallel map)."""
+def _parallel_calls(stateful: bool) -> int | None:
+    """AUTOTUNE, or sequential for a stateful map under op determinism.
+
+    A map is stateful when it runs random layers or reads from a Python generator upstream; TF would run it
+    sequentially anyway under determinism, after logging an error about rewriting the parallel map.
+    """
     import tensorflow as tf
     from tensorflow.python.framework import config as tf_config
 
     deterministic = getattr(tf_config, "is_op_determinism_enabled", lambda: False)()
-    return None if deterministic else tf.data.AUTOTUNE
+    return None if stateful and deterministic else tf.data.AUTOTUNE
 
 
-def _pipeline(ds: Any, image_size: int, *, batch_size: int, seed: int, shuffle: bool, augment: Any) -> Any:
+def _pipeline(ds: Any, image_size: int, *, batch_size: int, seed: int, shuffle: bool, augment: Any,
+              from_generator: bool = False) -> Any:
     import tensorflow as tf
 
     def prepare(image: Any, label: Any) -> tuple[Any, Any]:
@@ -288,13 +292,13 @@ def _pipeline(ds: Any, image_size: int, *, batch_size: int, seed: int, shuffle: 
         image = tf.image.resize_with_pad(image, image_size, image_size)
         return tf.clip_by_value(image, 0.0, 255.0), tf.cast(label, tf.int32)
 
-    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).cache()
+    ds = ds.map(prepare, num_parallel_calls=_parallel_calls(from_generator)).cache()
     if shuffle:
         ds = ds.shuffle(4096, seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
     if augment is not None:
         ds = ds.map(lambda x, y: (tf.clip_by_value(augment(x, training=True), 0.0, 255.0), y),
-                    num_parallel_calls=_augment_parallelism())
+                    num_parallel_calls=_parallel_calls(True))
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
@@ -336,7 +340,7 @@ def _from_arrays(
     def make(idx: list[int], train: bool) -> Any:
         ds = _ragged_dataset([images[i] for i in idx], [labels[i] for i in idx])
         return _pipeline(ds, image_size, batch_size=batch_size, seed=seed, shuffle=train,
-                         augment=aug if train else None)
+                         augment=aug if train else None, from_generator=True)
 
     def test_records() -> Iterator[Record]:
         for i in te:

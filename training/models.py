@@ -219,7 +219,7 @@ def _scratch(
             side, filters, stage = side // 2, min(filters * 2, 256), stage + 1
             if last:
                 break
-        x = layers.Dropout(0.25, seed=seed, name="conv_dropout")(x)
+        x = layers.Dropout(0.1, seed=seed, name="conv_dropout")(x)
         x = layers.Flatten(name="flatten")(x)
         x = layers.Dense(dense_units or 256, activation="relu", name="dense")(x)
         x = layers.Dropout(dropout, seed=seed, name="dropout")(x)

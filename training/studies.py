@@ -144,8 +144,8 @@ class RunParams:
             raise StudyError(f"unfreeze must be a fraction in [0, 1], got {self.unfreeze}")
         if not 0.0 <= self.dropout < 1.0:
             raise StudyError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.dense_units < 1:
-            raise StudyError(f"dense_units must be >= 1, got {self.dense_units}")
+        if self.dense_units < 0:
+            raise StudyError(f"dense_units must be >= 0 (0 = no hidden layer in the head), got {self.dense_units}")
         if self.augment not in AUGMENTATIONS:
             raise StudyError(f"unknown augment {self.augment!r}; expected one of {', '.join(AUGMENTATIONS)}")
         if self.max_examples is not None and self.max_examples < 1:

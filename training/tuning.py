@@ -154,6 +154,8 @@ def _hypermodel(config: TuneConfig, data: StudyData) -> Any:
         def __init__(self) -> None:
             super().__init__(name="glimpse_classifier")
             self.last_info: Any = None
+            self.trial_id: str | None = None  # set by the tuner when a trial begins
+            self.epochs_run: dict[str, int] = {}
 
         def build(self, hp: Any) -> Any:
             values = define_search_space(hp, pretrained=config.pretrained)
@@ -187,7 +189,10 @@ def _hypermodel(config: TuneConfig, data: StudyData) -> Any:
                 augmenter=make_augmenter(hp.get("augment"), config.seed),
             )
             val_ds = array_dataset(data.x_val, data.y_val, max(config.batch_size, 64))
-            return model.fit(train_ds, validation_data=val_ds, shuffle=False, **kwargs)
+            history = model.fit(train_ds, validation_data=val_ds, shuffle=False, **kwargs)
+            if self.trial_id is not None:
+                self.epochs_run[self.trial_id] = len(history.epoch)
+            return history
 
     return ClassifierHyperModel()
 
@@ -197,10 +202,11 @@ def _tuner(config: TuneConfig, hypermodel: Any, directory: Path) -> Any:
 
     def timed(base: type) -> type:
         class Timed(base):  # type: ignore[misc, valid-type]
-            """Records each trial's wall time (the trial table's ``seconds``)."""
+            """Records each trial's wall time (the trial table's ``seconds``) and tells the hypermodel the trial id."""
 
             def on_trial_begin(self, trial: Any) -> None:
                 self.__dict__.setdefault("trial_seconds", {})[trial.trial_id] = -time.perf_counter()
+                self.hypermodel.trial_id = trial.trial_id
                 super().on_trial_begin(trial)
 
             def on_trial_end(self, trial: Any) -> None:
@@ -231,6 +237,7 @@ def _tuner(config: TuneConfig, hypermodel: Any, directory: Path) -> Any:
 
 def _trial_rows(tuner: Any) -> list[dict[str, Any]]:
     seconds = getattr(tuner, "trial_seconds", {})
+    epochs = getattr(tuner.hypermodel, "epochs_run", {})
     rows = []
     for trial_id, trial in sorted(tuner.oracle.trials.items()):
         values = trial.hyperparameters.values
@@ -248,7 +255,7 @@ def _trial_rows(tuner: Any) -> list[dict[str, Any]]:
                 "dropout": values.get("dropout"),
                 "dense_units": values.get("dense_units"),
                 "augment": values.get("augment"),
-                "epochs_run": len(trial.metrics.get_history(OBJECTIVE)) if trial.metrics.exists(OBJECTIVE) else 0,
+                "epochs_run": epochs.get(trial_id),
             }
         )
     return rows

@@ -42,8 +42,8 @@ def test_a_run_leaves_the_op_determinism_setting_as_it_found_it(tmp_path):
 def test_pipeline_benchmark_times_real_and_synthetic_steps():
     from training.train import pipeline_benchmark
 
-    r = pipeline_benchmark("tuxpaint", "scratch", image_size=32, steps=3, batch_size=16)
-    assert r["real_step_s"] > 0 and r["synthetic_step_s"] > 0
+    r = pipeline_benchmark("tuxpaint", "scratch", image_size=32, steps=3, batch_size=16, rounds=2, max_examples=40)
+    assert r["real_step_s"] > 0 and r["synthetic_step_s"] > 0 and r["rounds"] == 2
     assert r["ratio"] == pytest.approx(r["real_step_s"] / r["synthetic_step_s"])
 
 

@@ -89,6 +89,7 @@ def test_quick_tune_writes_the_reports(quick_tune):
         trials = list(csv.DictReader(f))
     assert list(trials[0]) == list(TRIAL_COLUMNS)
     assert len(trials) == 2 and {t["status"] for t in trials} == {"COMPLETED"}
+    assert [int(t["epochs_run"]) for t in trials] == [1, 1] and all(float(t["seconds"]) > 0 for t in trials)
     assert max(float(t["val_accuracy"]) for t in trials) == pytest.approx(best["val_accuracy"], abs=1e-4)
     md = (report / "trials.md").read_text()
     assert "| trial_id |" in md and md.count("| COMPLETED |") == 2
