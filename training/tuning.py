@@ -1,23 +1,28 @@
-"""Hyperparameter search with Keras Tuner: ``glimpse tune``.
+"""Hyperparameter and architecture search: ``glimpse tune``.
 
-The search space is the chapter's: learning rate, fraction of the backbone fine-tuned (pretrained models only),
-dropout, dense units of the head, optimizer, and augmentation. The data is loaded once (as in ``glimpse study``) and
-every trial sees the same images. The best trial's model is exported through the model contract
-(``training.export.export_classifier``); the best hyperparameters go to ``best_hyperparameters.json`` and every trial
-to ``trials.csv`` / ``trials.md``.
+``random``, ``hyperband`` and ``bayesian`` search the chapter's space with Keras Tuner: learning rate, fraction of the
+backbone fine-tuned (pretrained models only), dropout, dense units of the head, optimizer, and augmentation.
+``autokeras`` searches architectures with AutoKeras' ``ImageClassifier`` (its greedy oracle: a plain CNN, a ResNet, an
+EfficientNet, then variations of the best), without pretrained weights, which cannot be had offline. The data is
+loaded once (as in ``glimpse study``) and every trial sees the same images. The best trial's model is exported
+through the model contract (``training.export.export_classifier``); the best hyperparameters go to
+``best_hyperparameters.json`` and every trial to ``trials.csv`` / ``trials.md``. ``--time-limit S`` stops starting
+trials (and epochs) once S seconds of search have passed.
 
-TensorFlow, Keras and keras-tuner are imported inside functions: ``configure_tune`` stays light.
+TensorFlow, Keras, keras-tuner and AutoKeras are imported inside functions: ``configure_tune`` stays light.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import math
 import sys
 import time
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -36,18 +41,22 @@ from training.studies import (
 from training.train import make_optimizer
 
 __all__ = [
+    "AUTOKERAS_TRIAL_COLUMNS",
     "SEARCH_OPTIMIZERS",
     "TRIAL_COLUMNS",
     "TUNERS",
     "TuneConfig",
     "TuneResult",
+    "autokeras_contract_model",
     "configure_tune",
     "define_search_space",
     "execute_tune",
+    "offline_autokeras_values",
     "run_tune",
+    "trial_columns",
 ]
 
-TUNERS: tuple[str, ...] = ("random", "hyperband", "bayesian")
+TUNERS: tuple[str, ...] = ("random", "hyperband", "bayesian", "autokeras")
 # Adadelta and Adagrad are left out of the search: at these learning rates they barely move in a few epochs.
 SEARCH_OPTIMIZERS: tuple[str, ...] = ("adam", "rmsprop", "momentum", "sgd")
 UNFREEZE_CHOICES: tuple[float, ...] = (0.0, 0.25, 0.5)
@@ -69,6 +78,34 @@ TRIAL_COLUMNS: tuple[str, ...] = (
     "augment",
     "epochs_run",
 )
+# AutoKeras searches other hyperparameters: the image block (vanilla CNN, resnet, xception, efficient), whether it
+# normalises and augments, the optimizer, its learning rate and the classification head's dropout.
+AUTOKERAS_TRIAL_COLUMNS: tuple[str, ...] = (
+    "trial_id",
+    "status",
+    "val_accuracy",
+    "best_epoch",
+    "seconds",
+    "block_type",
+    "normalize",
+    "augment",
+    "optimizer",
+    "lr",
+    "dropout",
+    "epochs_run",
+)
+# Where those values live among AutoKeras' hyperparameter names (its blocks are numbered from 1 in a new AutoModel).
+_AUTOKERAS_HP_NAMES: dict[str, str] = {
+    "block_type": "image_block_1/block_type",
+    "normalize": "image_block_1/normalize",
+    "augment": "image_block_1/augment",
+    "optimizer": "optimizer",
+    "lr": "learning_rate",
+    "dropout": "classification_head_1/dropout",
+}
+AUTOKERAS_PROJECT = "autokeras"
+# What the exported AutoKeras model does to its 0-255 input (model card ``input.preprocessing``).
+AUTOKERAS_PREPROCESSING = ("autokeras_normalization", "none")
 
 
 @dataclass(frozen=True)
@@ -91,6 +128,7 @@ class TuneConfig:
     name: str = "tuned"
     deterministic: bool = True
     verbose: int | str = "auto"
+    time_limit: float | None = None  # seconds of search after which no trial (and no epoch) starts
 
     def __post_init__(self) -> None:
         if self.tuner not in TUNERS:
@@ -109,12 +147,14 @@ class TuneConfig:
             raise StudyError(f"patience must be >= 0, got {self.patience}")
         if self.max_examples is not None and self.max_examples < 1:
             raise StudyError(f"max_examples must be >= 1, got {self.max_examples}")
+        if self.time_limit is not None and not (isinstance(self.time_limit, (int, float)) and self.time_limit > 0):
+            raise StudyError(f"time_limit must be a positive number of seconds, got {self.time_limit!r}")
         if not self.name or any(ch in self.name for ch in "/\\") or self.name in (".", ".."):
             raise StudyError(f"--name must be a plain directory name, got {self.name!r}")
 
     @property
     def pretrained(self) -> bool:
-        return self.model in PRETRAINED_MODELS and self.weights != "none"
+        return self.tuner != "autokeras" and self.model in PRETRAINED_MODELS and self.weights != "none"
 
 
 @dataclass(frozen=True)
@@ -127,6 +167,7 @@ class TuneResult:
     wall_seconds: float
     version_dir: Path | None
     files: tuple[Path, ...] = field(default=())
+    tuned_with: str = ""
 
 
 def define_search_space(hp: Any, *, pretrained: bool) -> dict[str, Any]:
@@ -154,8 +195,6 @@ def _hypermodel(config: TuneConfig, data: StudyData) -> Any:
         def __init__(self) -> None:
             super().__init__(name="glimpse_classifier")
             self.last_info: Any = None
-            self.trial_id: str | None = None  # set by the tuner when a trial begins
-            self.epochs_run: dict[str, int] = {}
 
         def build(self, hp: Any) -> Any:
             values = define_search_space(hp, pretrained=config.pretrained)
@@ -189,31 +228,54 @@ def _hypermodel(config: TuneConfig, data: StudyData) -> Any:
                 augmenter=make_augmenter(hp.get("augment"), config.seed),
             )
             val_ds = array_dataset(data.x_val, data.y_val, max(config.batch_size, 64))
-            history = model.fit(train_ds, validation_data=val_ds, shuffle=False, **kwargs)
-            if self.trial_id is not None:
-                self.epochs_run[self.trial_id] = len(history.epoch)
-            return history
+            return model.fit(train_ds, validation_data=val_ds, shuffle=False, **kwargs)
 
     return ClassifierHyperModel()
 
 
+def _timed(base: type) -> type:
+    """``base``, a keras-tuner or AutoKeras tuner class, that records each trial's wall time and epochs run and starts
+    no new trial once its ``deadline`` (a ``time.perf_counter()`` value, or None) has passed."""
+
+    class Timed(base):  # type: ignore[misc, valid-type]
+        deadline: float | None = None
+
+        def on_trial_begin(self, trial: Any) -> None:
+            self.__dict__.setdefault("trial_seconds", {})[trial.trial_id] = -time.perf_counter()
+            super().on_trial_begin(trial)
+
+        def _build_and_fit_model(self, trial: Any, *args: Any, **kwargs: Any) -> Any:
+            history = super()._build_and_fit_model(trial, *args, **kwargs)
+            epochs = getattr(history, "epoch", None)
+            if epochs is not None:
+                self.__dict__.setdefault("epochs_run", {})[trial.trial_id] = len(epochs)
+            return history
+
+        def on_trial_end(self, trial: Any) -> None:
+            self.trial_seconds[trial.trial_id] += time.perf_counter()
+            super().on_trial_end(trial)
+            if self.deadline is not None and time.perf_counter() >= self.deadline:
+                # An oracle that holds max_trials trials creates no more: the search loop ends here.
+                self.oracle.max_trials = len(self.oracle.trials)
+
+    Timed.__name__ = Timed.__qualname__ = f"Timed{base.__name__}"
+    return Timed
+
+
+def _deadline_callback(deadline: float) -> Any:
+    """A Keras callback that ends a trial's training after the epoch in which ``deadline`` (perf_counter) passes."""
+    import keras
+
+    class StopAtDeadline(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+            if time.perf_counter() >= deadline:
+                self.model.stop_training = True
+
+    return StopAtDeadline()
+
+
 def _tuner(config: TuneConfig, hypermodel: Any, directory: Path) -> Any:
     import keras_tuner as kt
-
-    def timed(base: type) -> type:
-        class Timed(base):  # type: ignore[misc, valid-type]
-            """Records each trial's wall time (the trial table's ``seconds``) and tells the hypermodel the trial id."""
-
-            def on_trial_begin(self, trial: Any) -> None:
-                self.__dict__.setdefault("trial_seconds", {})[trial.trial_id] = -time.perf_counter()
-                self.hypermodel.trial_id = trial.trial_id
-                super().on_trial_begin(trial)
-
-            def on_trial_end(self, trial: Any) -> None:
-                self.trial_seconds[trial.trial_id] += time.perf_counter()
-                super().on_trial_end(trial)
-
-        return Timed
 
     common = {
         "objective": kt.Objective(OBJECTIVE, direction="max"),
@@ -223,42 +285,53 @@ def _tuner(config: TuneConfig, hypermodel: Any, directory: Path) -> Any:
         "overwrite": True,
     }
     if config.tuner == "random":
-        return timed(kt.RandomSearch)(hypermodel, max_trials=config.max_trials, **common)
+        return _timed(kt.RandomSearch)(hypermodel, max_trials=config.max_trials, **common)
     if config.tuner == "bayesian":
         initial = max(1, min(3, config.max_trials // 2))
-        return timed(kt.BayesianOptimization)(
+        return _timed(kt.BayesianOptimization)(
             hypermodel, max_trials=config.max_trials, num_initial_points=initial, **common
         )
-    tuner = timed(kt.Hyperband)(hypermodel, max_epochs=config.epochs, factor=3, **common)
+    tuner = _timed(kt.Hyperband)(hypermodel, max_epochs=config.epochs, factor=3, **common)
     # Hyperband sizes its brackets from max_epochs; --max-trials caps the total number of trials on top of that.
     tuner.oracle.max_trials = config.max_trials
     return tuner
 
 
-def _trial_rows(tuner: Any) -> list[dict[str, Any]]:
+def _trial_rows(tuner: Any, *, autokeras: bool = False) -> list[dict[str, Any]]:
     seconds = getattr(tuner, "trial_seconds", {})
-    epochs = getattr(tuner.hypermodel, "epochs_run", {})
+    epochs = getattr(tuner, "epochs_run", {})
     rows = []
     for trial_id, trial in sorted(tuner.oracle.trials.items()):
         values = trial.hyperparameters.values
         score = trial.score
-        rows.append(
-            {
-                "trial_id": trial_id,
-                "status": str(trial.status),
-                "val_accuracy": None if score is None else round(float(score), 4),
-                "best_epoch": int(trial.best_step) + 1 if score is not None else None,
-                "seconds": round(seconds.get(trial_id, float("nan")), 1),
-                "lr": values.get("lr"),
-                "optimizer": values.get("optimizer"),
-                "unfreeze": values.get("unfreeze", 1.0),
-                "dropout": values.get("dropout"),
-                "dense_units": values.get("dense_units"),
-                "augment": values.get("augment"),
-                "epochs_run": epochs.get(trial_id),
-            }
-        )
+        row: dict[str, Any] = {
+            "trial_id": trial_id,
+            "status": str(trial.status),
+            "val_accuracy": None if score is None else round(float(score), 4),
+            "best_epoch": int(trial.best_step) + 1 if score is not None else None,
+            "seconds": round(seconds.get(trial_id, float("nan")), 1),
+            "epochs_run": epochs.get(trial_id),
+        }
+        if autokeras:
+            row.update({column: values.get(name) for column, name in _AUTOKERAS_HP_NAMES.items()})
+        else:
+            row.update(
+                {
+                    "lr": values.get("lr"),
+                    "optimizer": values.get("optimizer"),
+                    "unfreeze": values.get("unfreeze", 1.0),
+                    "dropout": values.get("dropout"),
+                    "dense_units": values.get("dense_units"),
+                    "augment": values.get("augment"),
+                }
+            )
+        rows.append(row)
     return rows
+
+
+def trial_columns(tuner: str) -> tuple[str, ...]:
+    """The columns of ``trials.csv`` / ``trials.md`` for a tuner: AutoKeras searches other hyperparameters."""
+    return AUTOKERAS_TRIAL_COLUMNS if tuner == "autokeras" else TRIAL_COLUMNS
 
 
 def _cell(value: Any) -> str:
@@ -271,8 +344,23 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def _search_description(config: TuneConfig, result: TuneResult) -> str:
+    if config.tuner == "autokeras":
+        what = f"architecture searched by {result.tuned_with}"
+    else:
+        what = f"model `{config.model}` (weights {config.weights})"
+    limit = f", time limit {config.time_limit:g} s" if config.time_limit is not None else ""
+    return (
+        f"Dataset `{config.dataset}`, {what}, image size {config.image_size}, batch {config.batch_size}, "
+        f"{config.epochs} epochs per trial, up to {config.max_trials} trials{limit}, seed {config.seed}"
+        + (f", at most {config.max_examples} examples per split" if config.max_examples else "")
+        + f". Wall time {result.wall_seconds:.0f} s."
+    )
+
+
 def _write_reports(result: TuneResult) -> list[Path]:
     config = result.config
+    columns = trial_columns(config.tuner)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     best = {
@@ -280,58 +368,64 @@ def _write_reports(result: TuneResult) -> list[Path]:
         "val_accuracy": result.best_val_accuracy,
         "test_accuracy": result.test_accuracy,
         "tuner": config.tuner,
+        "tuned_with": result.tuned_with,
         "model": config.model,
         "dataset": config.dataset,
         "image_size": config.image_size,
         "seed": config.seed,
+        "time_limit": config.time_limit,
+        "trials_run": len(result.trials),
         "version_dir": str(result.version_dir) if result.version_dir else None,
     }
     best_path = out / "best_hyperparameters.json"
     best_path.write_text(json.dumps(best, indent=2))
     csv_path = out / "trials.csv"
     with csv_path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(TRIAL_COLUMNS))
+        writer = csv.DictWriter(f, fieldnames=list(columns))
         writer.writeheader()
         for row in result.trials:
-            writer.writerow({c: "" if row[c] is None else row[c] for c in TRIAL_COLUMNS})
+            writer.writerow({c: "" if row[c] is None else row[c] for c in columns})
     ranked = sorted(result.trials, key=lambda r: -1.0 if r["val_accuracy"] is None else r["val_accuracy"], reverse=True)
+    title = "AutoKeras: architecture search" if config.tuner == "autokeras" else f"Keras Tuner: {config.tuner} search"
     lines = [
-        f"# Keras Tuner: {config.tuner} search",
+        f"# {title}",
         "",
-        f"Dataset `{config.dataset}`, model `{config.model}` (weights {config.weights}), image size "
-        f"{config.image_size}, batch {config.batch_size}, {config.epochs} epochs per trial, up to {config.max_trials} "
-        f"trials, seed {config.seed}"
-        + (f", at most {config.max_examples} examples per split" if config.max_examples else "")
-        + f". Wall time {result.wall_seconds:.0f} s.",
+        _search_description(config, result),
         "",
         f"Best trial: val accuracy {result.best_val_accuracy:.3f}, test accuracy {result.test_accuracy:.3f}"
         + (f"; exported to `{result.version_dir}`." if result.version_dir else "."),
         "",
-        "| " + " | ".join(TRIAL_COLUMNS) + " |",
-        "|" + "---|" * len(TRIAL_COLUMNS),
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
     ]
-    lines += ["| " + " | ".join(_cell(r[c]) for c in TRIAL_COLUMNS) + " |" for r in ranked]
+    lines += ["| " + " | ".join(_cell(r[c]) for c in columns) + " |" for r in ranked]
     md_path = out / "trials.md"
     md_path.write_text("\n".join(lines) + "\n")
     return [best_path, csv_path, md_path]
 
 
-def _export(
-    config: TuneConfig,
-    model: Any,
-    info: Any,
-    data: StudyData,
-    result_metrics: Mapping[str, float],
-    best_values: Mapping[str, Any],
-) -> Path:
+@dataclass(frozen=True)
+class _Searched:
+    """What a search hands to evaluation and export."""
+
+    model: Any  # functional Keras model: float32 pixels 0-255 in, class probabilities out
+    preprocessing: str
+    gradcam_layer: str | None
+    best_values: dict[str, Any]
+    best_score: float
+    rows: list[dict[str, Any]]
+    tuned_with: str
+
+
+def _export(config: TuneConfig, searched: _Searched, data: StudyData, result_metrics: Mapping[str, float]) -> Path:
     from training.export import export_classifier
 
     card = {
         "metrics": dict(result_metrics),
         "training": {
             **{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
-            "hyperparameters": dict(best_values),
-            "tuned_with": f"keras_tuner {config.tuner}",
+            "hyperparameters": dict(searched.best_values),
+            "tuned_with": searched.tuned_with,
         },
         "dataset": {
             "spec": config.dataset,
@@ -342,17 +436,201 @@ def _export(
         },
     }
     return export_classifier(
-        model,
+        searched.model,
         list(data.class_names),
         config.export_dir,
         config.name,
         image_size=config.image_size,
         channels=data.channels,
-        preprocessing=info.preprocessing,
-        gradcam_layer=info.gradcam_layer,
+        preprocessing=searched.preprocessing,
+        gradcam_layer=searched.gradcam_layer,
         card=card,
         examples=data.splits.test_records(),
     )
+
+
+def _require_completed(rows: Sequence[Mapping[str, Any]], logs: Path) -> None:
+    if not any(r["val_accuracy"] is not None for r in rows):
+        raise RuntimeError(f"no trial completed; see the tuner's logs under {logs}")
+
+
+def _keras_tuner_search(config: TuneConfig, data: StudyData, callbacks: list[Any], deadline: float | None) -> _Searched:
+    hypermodel = _hypermodel(config, data)
+    tuner = _tuner(config, hypermodel, Path(config.out))
+    tuner.deadline = deadline
+    tuner.search(epochs=config.epochs, callbacks=callbacks, verbose=config.verbose)
+    rows = _trial_rows(tuner)
+    _require_completed(rows, Path(config.out) / "tuner")
+    best_hp = tuner.get_best_hyperparameters(1)[0]
+    best_trial = tuner.oracle.get_best_trials(1)[0]
+    model = tuner.get_best_models(1)[0]
+    info = hypermodel.last_info  # the build that get_best_models just made
+    return _Searched(
+        model=model,
+        preprocessing=info.preprocessing,
+        gradcam_layer=info.gradcam_layer,
+        best_values={k: v for k, v in best_hp.values.items() if not k.startswith("tuner/")},
+        best_score=float(best_trial.score),
+        rows=rows,
+        tuned_with=f"keras_tuner {config.tuner}",
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# AutoKeras
+
+
+def offline_autokeras_values(values: Mapping[str, Any]) -> dict[str, Any]:
+    """AutoKeras hyperparameter values with every ``.../pretrained`` set to False (and the ``.../trainable`` that
+    only applies to pretrained backbones dropped): ImageNet weights are downloaded at build time, which fails offline.
+    """
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        leaf = name.rsplit("/", 1)[-1]
+        if leaf == "trainable":
+            continue
+        out[name] = False if leaf == "pretrained" else value
+    return out
+
+
+def _import_autokeras() -> Any:
+    try:
+        import autokeras
+    except ImportError as e:
+        raise StudyError(f"--tuner autokeras needs AutoKeras: pip install autokeras==3.0.0 ({e})") from e
+    return autokeras
+
+
+def _autokeras_tuner_class() -> type:
+    """AutoKeras' image-classifier tuner (its greedy oracle, the three starting architectures first), offline."""
+    import numpy as np
+    from autokeras.engine.tuner import AutoTuner
+    from autokeras.tuners.greedy import GreedyOracle
+    from autokeras.tuners.task_specific import IMAGE_CLASSIFIER
+
+    class OfflineGreedyOracle(GreedyOracle):
+        def populate_space(self, trial_id: str) -> dict[str, Any]:
+            response = super().populate_space(trial_id)
+            if response.get("values"):
+                response["values"] = offline_autokeras_values(response["values"])
+            return response
+
+    class OfflineImageClassifierTuner(AutoTuner):
+        """``autokeras.tuners.task_specific.ImageClassifierTuner`` without pretrained weights, on today's Keras."""
+
+        def __init__(
+            self, hypermodel: Any, objective: str = OBJECTIVE, max_trials: int = 10, seed: int | None = None, **kwargs
+        ) -> None:
+            self.seed = seed
+            oracle = OfflineGreedyOracle(
+                objective=objective,
+                max_trials=max_trials,
+                initial_hps=[offline_autokeras_values(values) for values in IMAGE_CLASSIFIER],
+                seed=seed,
+            )
+            super().__init__(oracle=oracle, hypermodel=hypermodel, **kwargs)
+
+        def _prepare_model_build(self, hp: Any, **kwargs: Any) -> Any:
+            pipeline, (x, y), validation = super()._prepare_model_build(hp, **kwargs)
+            # AutoKeras 3.0.0 takes its layer sizes from np.array(x.shape), i.e. numpy ints, and Keras' Dense now
+            # accepts only Python ints as units (keras-team/keras#21902): "Received an invalid value for `units`,
+            # expected a positive integer. Received: units=8". Object arrays hold Python ints.
+            self.hypermodel.set_io_shapes((np.array(x.shape, dtype=object), np.array(y.shape, dtype=object)))
+            return pipeline, (x, y), validation
+
+    return _timed(OfflineImageClassifierTuner)
+
+
+@contextlib.contextmanager
+def _autokeras_warnings_ignored() -> Iterator[None]:
+    """Two UserWarnings AutoKeras 3.0.0 causes in Keras 3, harmless here, that would otherwise fail trials under an
+    error filter: it builds list-input models and calls them on a bare array, and it reloads a trial's best weights
+    into a model whose optimizer was never built (the exported model needs no optimizer)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"The structure of `inputs` doesn't match", category=UserWarning)
+        warnings.filterwarnings("ignore", message=r"Skipping variable loading for optimizer", category=UserWarning)
+        yield
+
+
+def autokeras_contract_model(model: Any) -> Any:
+    """AutoKeras' exported model as the contract wants it: a functional model with one float32 [B,H,W,C] pixel input
+    (0-255: AutoKeras' own Normalization, adapted on our 0-255 arrays, is inside) and [B,C] probabilities out.
+
+    The same layers and graph are re-wrapped (AutoKeras' models take a one-element list), so its conv layers, or a
+    nested backbone such as ResNet, stay top-level layers that Grad-CAM can reach. A two-class AutoKeras head is one
+    sigmoid unit p; it becomes [1 - p, p].
+    """
+    import keras
+
+    from training.export import ExportError
+
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ExportError(f"expected one image input and one output, got {len(model.inputs)} and {len(model.outputs)}")
+    image, probabilities = model.inputs[0], model.outputs[0]
+    if len(image.shape) != 4 or image.dtype != "float32":
+        raise ExportError(f"expected a float32 [B,H,W,C] image input, got {image.dtype} {tuple(image.shape)}")
+    if len(probabilities.shape) != 2:
+        raise ExportError(f"expected [B,C] class probabilities, got {tuple(probabilities.shape)}")
+    if probabilities.shape[-1] == 1:
+        probabilities = keras.layers.Concatenate(name="two_class_probabilities")(
+            [keras.ops.subtract(1.0, probabilities), probabilities]
+        )
+    return keras.Model(image, probabilities, name=f"{model.name}_contract")
+
+
+def _autokeras_search(config: TuneConfig, data: StudyData, callbacks: list[Any], deadline: float | None) -> _Searched:
+    import keras
+
+    from training.export import find_gradcam_layer
+
+    ak = _import_autokeras()
+    # Two classes: AutoKeras wants 0/1 labels (one sigmoid unit); more: one-hot rows keep our class order (integer
+    # labels would be sorted as strings, "10" before "2").
+    if data.num_classes == 2:
+        y_train, y_val = data.y_train, data.y_val
+    else:
+        y_train = keras.utils.to_categorical(data.y_train, data.num_classes)
+        y_val = keras.utils.to_categorical(data.y_val, data.num_classes)
+    with _autokeras_warnings_ignored():
+        classifier = ak.ImageClassifier(
+            max_trials=config.max_trials,
+            directory=str(config.out),
+            project_name=AUTOKERAS_PROJECT,
+            objective=OBJECTIVE,
+            tuner=_autokeras_tuner_class(),
+            overwrite=True,
+            seed=config.seed,
+        )
+        keras.utils.set_random_seed(config.seed)  # AutoKeras cleared the Keras session while building its graph
+        classifier.tuner.deadline = deadline
+        classifier.fit(
+            data.x_train,
+            y_train,
+            validation_data=(data.x_val, y_val),
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            callbacks=callbacks,
+            verbose=config.verbose,
+        )
+        rows = _trial_rows(classifier.tuner, autokeras=True)
+        _require_completed(rows, Path(config.out) / AUTOKERAS_PROJECT)
+        best_trial = classifier.tuner.oracle.get_best_trials(1)[0]
+        best = classifier.export_model()
+    model = autokeras_contract_model(best)
+    normalizes = any(isinstance(layer, keras.layers.Normalization) for layer in model.layers)
+    return _Searched(
+        model=model,
+        preprocessing=AUTOKERAS_PREPROCESSING[0] if normalizes else AUTOKERAS_PREPROCESSING[1],
+        gradcam_layer=find_gradcam_layer(model),
+        best_values=dict(best_trial.hyperparameters.values),
+        best_score=float(best_trial.score),
+        rows=rows,
+        tuned_with=f"AutoKeras {ak.__version__} ImageClassifier (greedy, no pretrained weights)",
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The search
 
 
 def execute_tune(config: TuneConfig) -> TuneResult:
@@ -369,28 +647,25 @@ def execute_tune(config: TuneConfig) -> TuneResult:
     data = prepare_data(
         config.dataset, image_size=config.image_size, seed=config.seed, max_examples=config.max_examples
     )
-    if config.model in PRETRAINED_MODELS:
+    if config.tuner != "autokeras" and config.model in PRETRAINED_MODELS:
         data = data.as_rgb()  # pretrained backbones take RGB
-    hypermodel = _hypermodel(config, data)
-    tuner = _tuner(config, hypermodel, out)
     callbacks = [
         keras.callbacks.EarlyStopping(monitor=OBJECTIVE, min_delta=1e-4, patience=config.patience),
-        # keras-tuner gives each trial its own log dir and adds the HParams callback.
+        # The tuner gives each trial its own log dir (keras-tuner also adds the HParams callback).
         keras.callbacks.TensorBoard(log_dir=str(out / "tb"), histogram_freq=0, write_graph=False),
     ]
-    tuner.search(epochs=config.epochs, callbacks=callbacks, verbose=config.verbose)
-    rows = _trial_rows(tuner)
-    completed = [r for r in rows if r["val_accuracy"] is not None]
-    if not completed:
-        raise RuntimeError(f"no trial completed; see the keras-tuner logs under {out / 'tuner'}")
-    best_hp = tuner.get_best_hyperparameters(1)[0]
-    best_trial = tuner.oracle.get_best_trials(1)[0]
-    model = tuner.get_best_models(1)[0]
-    info = hypermodel.last_info  # the build that get_best_models just made
+    deadline = None
+    if config.time_limit is not None:
+        deadline = time.perf_counter() + config.time_limit
+        callbacks.append(_deadline_callback(deadline))
+    search = _autokeras_search if config.tuner == "autokeras" else _keras_tuner_search
+    searched = search(config, data, callbacks, deadline)
+    model = searched.model
+    if not getattr(model, "compiled", False):  # AutoKeras' model, re-wrapped for the contract
+        model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     test_ds = array_dataset(data.x_test, data.y_test, max(config.batch_size, 64))
     test = model.evaluate(test_ds, verbose=0, return_dict=True)
     val = model.evaluate(array_dataset(data.x_val, data.y_val, 64), verbose=0, return_dict=True)
-    best_values = {k: v for k, v in best_hp.values.items() if not k.startswith("tuner/")}
     metrics = {
         "val_accuracy": float(val["accuracy"]),
         "val_loss": float(val["loss"]),
@@ -399,15 +674,16 @@ def execute_tune(config: TuneConfig) -> TuneResult:
     }
     version_dir = None
     if config.export_dir is not None:
-        version_dir = _export(config, model, info, data, metrics, best_values)
+        version_dir = _export(config, searched, data, metrics)
     result = TuneResult(
         config=config,
-        best_hyperparameters=best_values,
-        best_val_accuracy=float(best_trial.score),
+        best_hyperparameters=searched.best_values,
+        best_val_accuracy=searched.best_score,
         test_accuracy=metrics["test_accuracy"],
-        trials=tuple(rows),
+        trials=tuple(searched.rows),
         wall_seconds=time.perf_counter() - start,
         version_dir=version_dir,
+        tuned_with=searched.tuned_with,
     )
     files = _write_reports(result)
     return replace(result, files=tuple(files))
@@ -420,8 +696,20 @@ def execute_tune(config: TuneConfig) -> TuneResult:
 def configure_tune(p: argparse.ArgumentParser) -> None:
     """Flags of ``glimpse tune``; imports nothing heavy."""
     add_run_flags(p)
-    p.add_argument("--tuner", choices=TUNERS, default="random")
+    p.add_argument(
+        "--tuner",
+        choices=TUNERS,
+        default="random",
+        help="Keras Tuner's random, hyperband, bayesian; or autokeras: architecture search (--model/--weights unused)",
+    )
     p.add_argument("--max-trials", type=int, default=10, help="number of trials (Hyperband: a cap on its brackets)")
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        metavar="S",
+        help="after S seconds of search start no new trial and end the running one after its current epoch",
+    )
     p.add_argument("--epochs", type=int, default=None, help="epochs per trial, Hyperband's max_epochs (default 6)")
     p.add_argument("--patience", type=int, default=3, help="early stopping patience within a trial")
     p.add_argument("--out", type=Path, default=None, help="reports and tuner state (default: out/tuning/DATASET-TUNER)")
@@ -437,7 +725,10 @@ def _safe(text: str) -> str:
 
 
 def _config_from_args(args: argparse.Namespace) -> TuneConfig:
-    image_size = args.image_size or (32 if args.quick else default_image_size(args.dataset, args.model))
+    autokeras = args.tuner == "autokeras"
+    model = "autokeras" if autokeras else args.model  # AutoKeras searches the architecture itself
+    size_model = "scratch" if autokeras else model  # AutoKeras trains from scratch: the scratch models' default size
+    image_size = args.image_size or (32 if args.quick else default_image_size(args.dataset, size_model))
     epochs = args.epochs or (2 if args.quick and args.tuner == "hyperband" else 1 if args.quick else 6)
     max_trials = 2 if args.quick and args.max_trials == 10 else args.max_trials
     max_examples = args.max_examples or (48 if args.quick else None)
@@ -445,8 +736,8 @@ def _config_from_args(args: argparse.Namespace) -> TuneConfig:
     return TuneConfig(
         out=args.out or Path("out") / "tuning" / f"{dataset_name}-{args.tuner}",
         dataset=args.dataset,
-        model=args.model,
-        weights=args.weights,
+        model=model,
+        weights="none" if autokeras else args.weights,
         tuner=args.tuner,
         max_trials=max_trials,
         epochs=epochs,
@@ -459,6 +750,7 @@ def _config_from_args(args: argparse.Namespace) -> TuneConfig:
         name=args.name or f"{dataset_name}-tuned",
         deterministic=not args.no_determinism,
         verbose=args.verbose if args.verbose == "auto" else int(args.verbose),
+        time_limit=args.time_limit,
     )
 
 
