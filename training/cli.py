@@ -51,6 +51,11 @@ def configure_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--export-dir", default="models", help="model base directory: writes NAME/<next version>/")
     p.add_argument("--name", default=None, help="model name (default: from the dataset)")
     p.add_argument("--no-export", action="store_true", help="train and evaluate only")
+    p.add_argument("--explain-every", type=int, default=0, metavar="N",
+                   help="every N epochs, write Grad-CAM, occlusion and activation images of fixed validation images "
+                        "to TensorBoard (RUN/explain; 0 = off, the default)")
+    p.add_argument("--explain-images", type=_positive_int, default=6, metavar="K",
+                   help="how many validation images --explain-every explains (the first K; default 6)")
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -65,7 +70,8 @@ def run_train(args: argparse.Namespace) -> int:
             patience=args.patience,
             unfreeze=args.unfreeze, dropout=args.dropout, dense_units=args.dense_units, augment=args.augment,
             seed=args.seed, max_examples=args.max_examples, weights=args.weights, logdir=args.logdir,
-            export_dir=args.export_dir, name=args.name,
+            export_dir=args.export_dir, name=args.name, explain_every=args.explain_every,
+            explain_images=args.explain_images,
         )
         train(config, export=not args.no_export)
     except (DatasetUnavailable, ModelUnavailable, ValueError, FileNotFoundError) as e:

@@ -62,6 +62,8 @@ class TrainConfig:
     logdir: str = "runs"
     export_dir: str = "models"
     name: str | None = None  # None: derived from the dataset
+    explain_every: int = 0  # > 0: Grad-CAM/occlusion/activations of fixed validation images every N epochs
+    explain_images: int = 6  # how many (the first of the validation split)
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -85,6 +87,10 @@ class TrainConfig:
             raise ValueError("--image-size must be at least 8")
         if self.max_examples is not None and self.max_examples < 1:
             raise ValueError("--max-examples must be at least 1")
+        if self.explain_every < 0:
+            raise ValueError(f"--explain-every must be >= 0 (0: off), got {self.explain_every}")
+        if self.explain_images < 1:
+            raise ValueError(f"--explain-images must be at least 1, got {self.explain_images}")
         from training.data import AUGMENTATIONS
         from training.models import MODELS
 
@@ -253,6 +259,13 @@ def _train(config: TrainConfig, *, export: bool, callbacks: Sequence[Any], verbo
         timer,
         *callbacks,
     ]
+    if config.explain_every:
+        from training.callbacks import ExplainCallbackConfig, explanation_callbacks
+
+        fit_callbacks += explanation_callbacks(
+            model, gradcam_layer=info.gradcam_layer, validation=val_ds, class_names=splits.class_names,
+            log_dir=run_dir / "explain",
+            config=ExplainCallbackConfig(every=config.explain_every, num_images=config.explain_images))
     history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=fit_callbacks,
                         shuffle=False, verbose=verbose)  # the pipeline shuffles, seeded
     hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
