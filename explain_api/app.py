@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 from flask import Flask, Response, g, jsonify, request
 
-from explain_api import openapi, payloads, service
+from explain_api import openapi, payloads, service, video_routes
 from explain_api.config import ApiConfig
 from explain_api.errors import ApiError, error_response, register_error_handlers
 from explain_api.images import DecodedImage, decode_images
@@ -62,6 +62,7 @@ def create_app(config: ApiConfig | None = None, client: Any = None, *, metrics: 
     register_error_handlers(app, retry_after_s=config.retry_after_s)
     _install_hooks(app, config, metrics)
     _install_routes(app, config)
+    video_routes.register(app)
     return app
 
 
@@ -300,6 +301,7 @@ def _install_routes(app: Flask, config: ApiConfig) -> None:
                     "X-Glimpse-Method": outcome.method,
                     "X-Glimpse-Class-Index": str(first.class_index),
                     "X-Glimpse-Score": f"{first.score:.6f}",
+                    **payloads.png_headers(first),
                 },
             )
         return jsonify(payloads.explain_json(outcome, images, heatmap_size=req.heatmap_size, colormap=req.colormap))

@@ -201,17 +201,22 @@ def encode_png(rgb: np.ndarray, *, compress_level: int = 1) -> bytes:
     return buf.getvalue()
 
 
+# Images up to this factor over the serving box are sent unshrunk (see serving_png).
+_SHRINK_SLACK = 1.25
+
+
 def serving_png(image: DecodedImage, input_size: tuple[int, int] | None = None, *, factor: float = 2.0) -> bytes:
     """The bytes sent to the model's ``image_bytes`` input: the upload itself when it is a plain RGB JPEG/PNG, else a
     PNG of the normalised pixels; shrunk (aspect kept) when much larger than needed.
 
     The model resizes with padding to ``input_size`` anyway; an image larger than ``factor`` times that box is first
-    shrunk with Pillow's antialiasing filter, which keeps gRPC messages small and the in-graph resize faithful.
+    shrunk with Pillow's antialiasing filter, which keeps gRPC messages small and the in-graph resize faithful. One
+    at most ``_SHRINK_SLACK`` over that box goes as it is: re-encoding it would cost more than the bytes it saves.
     """
     if input_size is not None and all(s and s > 0 for s in input_size):
         box_h, box_w = (int(math.ceil(s * factor)) for s in input_size)
         scale = min(box_h / image.height, box_w / image.width)
-        if scale < 1.0:
+        if scale * _SHRINK_SLACK < 1.0:
             new_w = max(1, round(image.width * scale))
             new_h = max(1, round(image.height * scale))
             return encode_png(np.asarray(Image.fromarray(image.rgb).resize((new_w, new_h), Image.Resampling.LANCZOS)))

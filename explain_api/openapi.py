@@ -100,6 +100,18 @@ def _schemas() -> dict[str, Any]:
         },
         "Error": {"type": "object", "required": ["error"], "properties": {"error": _ref("ErrorBody")}},
         "Prediction": prediction,
+        "Float32Array": {
+            "type": "object",
+            "description": "A float32 array: base64 of its little-endian, row-major bytes. channels: the layer's raw "
+            "[h, w, K] output; grid: [rows, cols] in [0, 1], channel k at tile (k // n, k % n), tiles = [n, n].",
+            "required": ["shape", "dtype", "b64"],
+            "properties": {
+                "shape": {"type": "array", "items": {"type": "integer"}},
+                "dtype": {"type": "string", "enum": ["float32"]},
+                "b64": {"type": "string", "format": "byte"},
+                "tiles": {"type": "array", "items": {"type": "integer"}},
+            },
+        },
         "Model": model,
         "ImageB64": b64,
         "VersionStatus": version_status,
@@ -163,7 +175,9 @@ def _schemas() -> dict[str, Any]:
                     "type": "array",
                     "items": {
                         "type": "object",
-                        "required": ["target", "predictions", "heatmap", "overlay_png", "image"],
+                        "description": "heatmap and overlay_png for the class-attribution methods; activations and "
+                        "grid_png for method activations.",
+                        "required": ["target", "predictions", "image"],
                         "properties": {
                             "target": {
                                 "type": "object",
@@ -186,6 +200,17 @@ def _schemas() -> dict[str, Any]:
                                 },
                             },
                             "overlay_png": {"type": "string", "format": "byte"},
+                            "activations": {
+                                "type": "object",
+                                "required": ["layer", "layer_name", "channels", "grid"],
+                                "properties": {
+                                    "layer": {"type": "integer", "description": "Index in activation_layers."},
+                                    "layer_name": {"type": "string"},
+                                    "channels": _ref("Float32Array"),
+                                    "grid": _ref("Float32Array"),
+                                },
+                            },
+                            "grid_png": {"type": "string", "format": "byte"},
                             "image": {"type": "object"},
                         },
                     },
@@ -317,7 +342,10 @@ def _image_operation(kind: str, explain: bool, secured: list[dict[str, Any]]) ->
     ok = _json(_ref("ExplainResponse" if explain else "PredictResponse"), "One result per image, in order.")
     if explain:
         ok["content"]["image/png"] = {"schema": {"type": "string", "format": "binary"}}
-        ok["description"] += " With `Accept: image/png` or `format=png|grid`: the first image's overlay or grid."
+        ok["description"] += (
+            " With `Accept: image/png` or `format=png|grid`: the first image's overlay or grid (for activations: the"
+            " channel grid, or the original next to it)."
+        )
     op = {
         "operationId": f"{what}_{kind}",
         "summary": ("Explain" if explain else "Classify") + " one or more images in one batched model call.",
@@ -334,6 +362,63 @@ def _image_operation(kind: str, explain: bool, secured: list[dict[str, Any]]) ->
         },
         "responses": {
             "200": ok,
+            **_errors("400", "401", "404", "413", "415", "422", "502", "503", "504"),
+        },
+    }
+    if secured:
+        op["security"] = secured
+    return op
+
+
+def _video_operation(kind: str, secured: list[dict[str, Any]]) -> dict[str, Any]:
+    from explain_api.video import DEFAULT_BATCH_SIZE, OUTPUT_FORMATS
+    from explain_api.video_routes import MAX_BATCH_SIZE, VIDEO_FIELD, VIDEO_TYPES
+
+    binary = {"type": "string", "format": "binary"}
+    options: dict[str, Any] = {
+        "method": {"type": "string", "enum": list(c.EXPLAIN_METHODS), "default": "gradcam"},
+        "class_index": {"type": "integer", "minimum": -1},
+        "label": {"type": "string"},
+        "format": {"type": "string", "enum": list(OUTPUT_FORMATS), "description": "Default: from Accept, else mp4."},
+        "batch_size": {"type": "integer", "minimum": 1, "maximum": MAX_BATCH_SIZE, "default": DEFAULT_BATCH_SIZE},
+        "colormap": {"type": "string", "enum": list(COLORMAPS)},
+        "caption": {"type": "boolean", "default": True},
+    }
+    form = {
+        "type": "object",
+        "required": [VIDEO_FIELD],
+        "properties": {
+            VIDEO_FIELD: {**binary, "description": "The video: MP4, WebM, MOV, AVI, MKV or GIF."},
+            **options,
+            "params": {"type": "string", "description": "JSON object of method parameters."},
+        },
+        "additionalProperties": True,
+    }
+    headers = {
+        f"X-Glimpse-{name}": {"schema": {"type": type_}, "description": text}
+        for name, type_, text in (
+            ("Frames", "integer", "Frames written."),
+            ("Fps", "number", "Frame rate of the output (the source's)."),
+            ("Calls", "integer", "Model-server calls: ceil(frames / batch_size) for in-graph methods."),
+        )
+    }
+    op: dict[str, Any] = {
+        "operationId": f"explain_video_{kind}",
+        "summary": "Explain every frame of a short clip (batched model calls) and return the captioned overlay video.",
+        "tags": ["models"],
+        "parameters": _path_params(kind) + [{"name": k, "in": "query", "schema": v} for k, v in options.items()],
+        "requestBody": {
+            "required": True,
+            "description": "The video as the body (any video/* type, image/gif or application/octet-stream), or "
+            "multipart/form-data with the file in the field 'video'.",
+            "content": {"multipart/form-data": {"schema": form}, **{t: {"schema": binary} for t in VIDEO_TYPES}},
+        },
+        "responses": {
+            "200": {
+                "description": "The overlay video at the source's frame rate, each frame captioned with its label.",
+                "headers": headers,
+                "content": {t: {"schema": binary} for t in OUTPUT_FORMATS.values()},
+            },
             **_errors("400", "401", "404", "413", "415", "422", "502", "503", "504"),
         },
     }
@@ -432,6 +517,7 @@ def build_openapi(config: ApiConfig) -> dict[str, Any]:
         paths[prefix] = {"get": detail}
         paths[prefix + ":predict"] = {"post": _image_operation(kind, False, secured)}
         paths[prefix + ":explain"] = {"post": _image_operation(kind, True, secured)}
+        paths[prefix + ":explain-video"] = {"post": _video_operation(kind, secured)}
     doc: dict[str, Any] = {
         "openapi": "3.0.3",
         "info": {

@@ -5,14 +5,15 @@ from __future__ import annotations
 import base64
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 
 from explain_api import render
 from explain_api.images import DecodedImage, encode_png, pad_box
-from explain_api.service import ExplainOutcome, ImageExplanation, Prediction, PredictOutcome
+from explain_api.service import ActivationMaps, ExplainOutcome, ImageExplanation, Prediction, PredictOutcome
 
-__all__ = ["explain_json", "explanation_png", "model_json", "predict_json", "prediction_json"]
+__all__ = ["explain_json", "explanation_png", "model_json", "png_headers", "predict_json", "prediction_json"]
 
 _DECIMALS = 4
 
@@ -32,8 +33,28 @@ def predict_json(outcome: PredictOutcome) -> dict[str, Any]:
     }
 
 
+def _float32_json(values: np.ndarray) -> dict[str, Any]:
+    """A float32 array as shape + base64 of its little-endian, row-major bytes (``numpy.frombuffer(..., '<f4')``)."""
+    array = np.ascontiguousarray(values, dtype="<f4")
+    return {"shape": list(array.shape), "dtype": "float32", "b64": base64.b64encode(array.tobytes()).decode("ascii")}
+
+
+def _activations_json(maps: ActivationMaps) -> dict[str, Any]:
+    h, w, k = maps.channels.shape
+    grid = _float32_json(maps.grid)
+    grid["tiles"] = [maps.grid.shape[0] // h, maps.grid.shape[1] // w]
+    return {
+        "layer": maps.layer,
+        "layer_name": maps.layer_name,
+        "channels": _float32_json(maps.channels),
+        "grid": grid,
+    }
+
+
 def _heatmap_json(item: ImageExplanation, image: DecodedImage, size: tuple[int, int] | None) -> dict[str, Any]:
     hm = item.heatmap
+    if hm is None:
+        raise ValueError("an explanation without a heatmap has no heatmap JSON")
     in_h, in_w = hm.shape
     box = pad_box(image.height, image.width, in_h, in_w)
     if size is not None:
@@ -48,12 +69,32 @@ def _heatmap_json(item: ImageExplanation, image: DecodedImage, size: tuple[int, 
 
 
 def explanation_png(item: ImageExplanation, image: DecodedImage, *, colormap: str, kind: str = "overlay") -> bytes:
-    """The overlay (or the original | heatmap | overlay grid) of one explained image, as PNG."""
+    """The overlay (or the original | heatmap | overlay grid) of one explained image, as PNG. For activations: the
+    channel grid (or the original | channel grid)."""
+    if item.activations is not None:
+        grid = item.activations.grid
+        if kind == "grid":
+            picture = render.activation_sheet(image.rgb, grid, colormap=colormap)
+        else:
+            picture = render.activation_image(grid, colormap=colormap)
+        return encode_png(picture, compress_level=1)
+    if item.heatmap is None:
+        raise ValueError("an explanation without a heatmap or activations cannot be drawn")
     if kind == "grid":
         picture = render.grid(image.rgb, item.heatmap, colormap=colormap)
     else:
         picture = render.overlay(image.rgb, item.heatmap, colormap=colormap)
     return encode_png(picture, compress_level=1)
+
+
+def png_headers(item: ImageExplanation) -> dict[str, str]:
+    """Method-specific headers of a PNG answer: the layer shown, for activations."""
+    if item.activations is None:
+        return {}
+    return {
+        "X-Glimpse-Layer": str(item.activations.layer),
+        "X-Glimpse-Layer-Name": quote(item.activations.layer_name, safe=""),
+    }
 
 
 def explain_json(
@@ -65,16 +106,17 @@ def explain_json(
 ) -> dict[str, Any]:
     results = []
     for item, image in zip(outcome.images, images, strict=True):
-        overlay = explanation_png(item, image, colormap=colormap)
-        results.append(
-            {
-                "target": {"class_index": item.class_index, "label": item.label, "score": round(item.score, 6)},
-                "predictions": [prediction_json(p) for p in item.predictions],
-                "heatmap": _heatmap_json(item, image, heatmap_size),
-                "overlay_png": base64.b64encode(overlay).decode("ascii"),
-                "image": {"width": image.width, "height": image.height, "format": image.format},
-            }
-        )
+        picture = base64.b64encode(explanation_png(item, image, colormap=colormap)).decode("ascii")
+        entry: dict[str, Any] = {
+            "target": {"class_index": item.class_index, "label": item.label, "score": round(item.score, 6)},
+            "predictions": [prediction_json(p) for p in item.predictions],
+        }
+        if item.activations is not None:
+            entry.update({"activations": _activations_json(item.activations), "grid_png": picture})
+        else:
+            entry.update({"heatmap": _heatmap_json(item, image, heatmap_size), "overlay_png": picture})
+        entry["image"] = {"width": image.width, "height": image.height, "format": image.format}
+        results.append(entry)
     return {
         "model": model_json(outcome.name, outcome.version),
         "method": outcome.method,

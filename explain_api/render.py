@@ -17,6 +17,8 @@ from explain_api.images import PadBox, pad_box
 
 __all__ = [
     "COLORMAPS",
+    "activation_image",
+    "activation_sheet",
     "colorize",
     "colormap_lut",
     "downsample",
@@ -149,6 +151,30 @@ def grid(
     coloured = colorize(full, colormap)
     blended = overlay(rgb, heatmap, colormap=colormap, image_weight=image_weight, box=box)
     return _hstack([rgb, coloured, blended], gap=gap)
+
+
+def activation_image(grid: np.ndarray, *, colormap: str = "viridis", min_side: int = 256) -> np.ndarray:
+    """A channel grid [rows, cols] in [0,1] (``explain_activations``) -> ``uint8`` [h,w,3] colours, enlarged by
+    the smallest integer factor that makes its shorter side at least ``min_side`` (nearest neighbour, so every
+    activation stays a sharp square and the tiles stay aligned)."""
+    m = np.asarray(grid, dtype=np.float32)
+    if m.ndim != 2 or m.shape[0] == 0 or m.shape[1] == 0:
+        raise ValueError(f"grid must be a non-empty [rows, cols] array, got shape {m.shape}")
+    factor = max(1, -(-int(min_side) // min(m.shape)))
+    coloured = colorize(np.clip(m, 0.0, 1.0), colormap)
+    return np.repeat(np.repeat(coloured, factor, axis=0), factor, axis=1)
+
+
+def activation_sheet(
+    original: np.ndarray, grid: np.ndarray, *, colormap: str = "viridis", gap: int = 4, min_side: int = 256
+) -> np.ndarray:
+    """original | activation grid side by side: the original scaled to the grid picture's height (aspect kept)."""
+    picture = activation_image(grid, colormap=colormap, min_side=min_side)
+    rgb = np.asarray(original, dtype=np.uint8)
+    height = picture.shape[0]
+    width = max(1, round(rgb.shape[1] * height / rgb.shape[0]))
+    scaled = np.asarray(Image.fromarray(rgb).resize((width, height), Image.Resampling.BILINEAR), dtype=np.uint8)
+    return _hstack([scaled, picture], gap=gap)
 
 
 def _hstack(panels: Sequence[np.ndarray], *, gap: int) -> np.ndarray:

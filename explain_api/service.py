@@ -26,6 +26,7 @@ from explain_api.images import DecodedImage, resize_with_pad, serving_png
 from glimpse_wire import contract as c
 
 __all__ = [
+    "ActivationMaps",
     "BLACKBOX_PARAMS",
     "ExplainOutcome",
     "ExplainSpec",
@@ -520,12 +521,23 @@ class ExplainSpec:
 
 
 @dataclass(frozen=True)
+class ActivationMaps:
+    """One image's activations of one layer (``explain_activations``), cropped to the layer's own extent."""
+
+    layer: int  # index into the model card's activation_layers
+    layer_name: str
+    grid: np.ndarray = field(repr=False)  # [rows, cols] in [0,1]: the channels tiled as tf-explain lays them out
+    channels: np.ndarray = field(repr=False)  # [h, w, K] float32, the raw layer output
+
+
+@dataclass(frozen=True)
 class ImageExplanation:
     class_index: int
     label: str
     score: float
     predictions: tuple[Prediction, ...]
-    heatmap: np.ndarray = field(repr=False)  # [H,W] in [0,1] at the model's input size
+    heatmap: np.ndarray | None = field(default=None, repr=False)  # [H,W] in [0,1] at the model's input size
+    activations: ActivationMaps | None = field(default=None, repr=False)  # method "activations" (no heatmap)
 
 
 @dataclass(frozen=True)
@@ -610,7 +622,28 @@ def _explain_in_graph(
     size_factor: float,
 ) -> ExplainOutcome:
     blobs = [serving_png(im, info.input_size, factor=size_factor) for im in images]
-    heatmaps, indices, scores, probs, result = [], [], [], [], None
+    # alias -> (shape after the batch dimension, None = as returned; dtype); the method's own outputs first
+    wanted: dict[str, tuple[tuple[int, ...] | None, Any]]
+    if method == c.ACTIVATIONS_METHOD:
+        wanted = {
+            c.OUT_GRID: (None, np.float32),
+            c.OUT_GRID_SHAPE: ((2,), np.int64),
+            c.OUT_ACTIVATIONS: (None, np.float32),
+            c.OUT_ACTIVATION_SHAPE: ((3,), np.int64),
+            c.OUT_LAYER: ((), np.int64),
+            c.OUT_LAYER_NAME: ((), object),
+        }
+    else:
+        wanted = {c.OUT_HEATMAP: (None, np.float32)}
+    wanted.update(
+        {
+            c.OUT_CLASS_INDEX: ((), np.int64),
+            c.OUT_SCORE: ((), np.float32),
+            c.OUT_PROBABILITIES: ((-1,), np.float32),
+        }
+    )
+    parts: dict[str, list[np.ndarray]] = {alias: [] for alias in wanted}
+    result = None
     for part in _chunks([len(b) for b in blobs], budget):
         n = len(blobs[part])
         result = client.explain(
@@ -622,29 +655,66 @@ def _explain_in_graph(
             timeout_s=timeout_s,
             **_pinned(info, ref),
         )
-        heatmaps.append(_output(result, c.OUT_HEATMAP, n, None))
-        indices.append(_output(result, c.OUT_CLASS_INDEX, n, (), dtype=np.int64))
-        scores.append(_output(result, c.OUT_SCORE, n, ()))
-        probs.append(_output(result, c.OUT_PROBABILITIES, n, (-1,)))
-    heatmap = np.concatenate(heatmaps)
-    if heatmap.ndim != 3:
-        raise ApiError(
-            502, f"model server returned a heatmap of shape {heatmap.shape}; expected [B, H, W]", code="BAD_GATEWAY"
+        for alias, (tail, dtype) in wanted.items():
+            parts[alias].append(_output(result, alias, n, tail, dtype=dtype))
+    out = {alias: np.concatenate(chunks) for alias, chunks in parts.items()}
+    if method == c.ACTIVATIONS_METHOD:
+        extras: list[dict[str, Any]] = [{"activations": a} for a in _activation_maps(out)]
+    else:
+        heatmap = out[c.OUT_HEATMAP]
+        if heatmap.ndim != 3:
+            raise ApiError(
+                502, f"model server returned a heatmap of shape {heatmap.shape}; expected [B, H, W]", code="BAD_GATEWAY"
+            )
+        extras = [{"heatmap": np.clip(np.nan_to_num(hm), 0.0, 1.0)} for hm in heatmap]
+    items = [
+        ImageExplanation(
+            int(idx), info.label_of(int(idx)), float(score), top_k_predictions(p, top_k, info), **extra
         )
-    items = []
-    for hm, idx, score, p in zip(
-        heatmap, np.concatenate(indices), np.concatenate(scores), np.concatenate(probs), strict=True
+        for idx, score, p, extra in zip(
+            out[c.OUT_CLASS_INDEX], out[c.OUT_SCORE], out[c.OUT_PROBABILITIES], extras, strict=True
+        )
+    ]
+    return ExplainOutcome(ref.name, _result_version(result, info.version), method, params, "signature", tuple(items))
+
+
+def _activation_maps(out: Mapping[str, np.ndarray]) -> list[ActivationMaps]:
+    """Each image's grid and raw channels, cropped from the padded outputs to the sizes the server reported."""
+    grids, raw = out[c.OUT_GRID], out[c.OUT_ACTIVATIONS]
+    if grids.ndim != 3 or raw.ndim != 2:
+        raise ApiError(
+            502,
+            f"model server returned a grid of shape {grids.shape} and activations of shape {raw.shape}; expected "
+            "[B, rows, cols] and [B, N]",
+            code="BAD_GATEWAY",
+        )
+    maps = []
+    for grid, (rows, cols), values, (h, w, k), layer, name in zip(
+        grids,
+        out[c.OUT_GRID_SHAPE],
+        raw,
+        out[c.OUT_ACTIVATION_SHAPE],
+        out[c.OUT_LAYER],
+        out[c.OUT_LAYER_NAME],
+        strict=True,
     ):
-        items.append(
-            ImageExplanation(
-                int(idx),
-                info.label_of(int(idx)),
-                float(score),
-                top_k_predictions(p, top_k, info),
-                np.clip(np.nan_to_num(hm), 0.0, 1.0),
+        size = int(h) * int(w) * int(k)
+        if not (0 < rows <= grid.shape[0] and 0 < cols <= grid.shape[1] and min(h, w, k) > 0 and size <= values.size):
+            raise ApiError(
+                502,
+                f"model server returned inconsistent activation shapes: grid {grid.shape} of extent {(rows, cols)}, "
+                f"{values.size} values for a {(h, w, k)} layer",
+                code="BAD_GATEWAY",
+            )
+        maps.append(
+            ActivationMaps(
+                layer=int(layer),
+                layer_name=_text(name),
+                grid=np.clip(np.nan_to_num(grid[:rows, :cols]), 0.0, 1.0),
+                channels=values[:size].reshape(int(h), int(w), int(k)),
             )
         )
-    return ExplainOutcome(ref.name, _result_version(result, info.version), method, params, "signature", tuple(items))
+    return maps
 
 
 # ------------------------------------------------------------------------------------------ black-box occlusion

@@ -20,11 +20,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("training.cli", "Wrap an existing Keras classifier into the model contract."),
     "serve": ("serving.cli", "Serve models the way tensorflow_model_server does (gRPC + REST)."),
     "api": ("explain_api.cli", "Run the explain API (HTTP) in front of a served model."),
+    "explain-video": ("explain_api.video", "Explain a video frame by frame and write the overlay video."),
     "up": ("glimpse.up", "Run `glimpse serve` and `glimpse api` together on this machine."),
     "wit": ("whatif.cli", "Write a What-If Tool notebook for a served model."),
     "report": ("whatif.cli", "Slice and compare served models over an examples TFRecord."),
     "study": ("training.studies", "Run one of the chapter's studies."),
-    "tune": ("training.tuning", "Search hyperparameters with Keras Tuner."),
+    "tune": ("training.tuning", "Search hyperparameters with Keras Tuner, or architectures with AutoKeras."),
+    "spurious": ("training.spurious", "The snow story: a background shortcut, swapped backgrounds, Grad-CAM."),
     "bench": ("glimpse.bench", "Run the benchmarks and print the ratios."),
 }
 

@@ -17,6 +17,8 @@ __all__ = [
     "SIG_EXPLAIN_PREFIX",
     "CLASSIFY_METHOD_NAME",
     "PREDICT_METHOD_NAME",
+    "ATTRIBUTION_METHODS",
+    "ACTIVATIONS_METHOD",
     "EXPLAIN_METHODS",
     "IN_IMAGE_BYTES",
     "IN_IMAGES",
@@ -30,6 +32,14 @@ __all__ = [
     "OUT_SCORE",
     "OUT_CLASSES",
     "OUT_SCORES",
+    "OUT_GRID",
+    "OUT_GRID_SHAPE",
+    "OUT_ACTIVATIONS",
+    "OUT_ACTIVATION_SHAPE",
+    "OUT_LAYER",
+    "OUT_LAYER_NAME",
+    "ATTRIBUTION_OUTPUTS",
+    "ACTIVATIONS_OUTPUTS",
     "EXAMPLE_IMAGE_KEY",
     "EXAMPLE_LABEL_KEY",
     "EXAMPLE_LABEL_NAME_KEY",
@@ -38,6 +48,7 @@ __all__ = [
     "WARMUP_ASSET",
     "MethodParam",
     "METHOD_PARAMS",
+    "explain_outputs",
     "explain_signature",
     "method_of_signature",
 ]
@@ -54,7 +65,8 @@ SIG_EXPLAIN_PREFIX = "explain_"
 CLASSIFY_METHOD_NAME = "tensorflow/serving/classify"
 PREDICT_METHOD_NAME = "tensorflow/serving/predict"
 
-EXPLAIN_METHODS: tuple[str, ...] = (
+# Class-attribution methods: a map of where the evidence for one class is (outputs ATTRIBUTION_OUTPUTS).
+ATTRIBUTION_METHODS: tuple[str, ...] = (
     "gradcam",
     "occlusion",
     "vanilla_gradients",
@@ -62,6 +74,10 @@ EXPLAIN_METHODS: tuple[str, ...] = (
     "smoothgrad",
     "integrated_gradients",
 )
+# The activation maps of one conv layer, as a tiled grid and as raw channels (outputs ACTIVATIONS_OUTPUTS).
+ACTIVATIONS_METHOD = "activations"
+# Every method with an explain_<method> signature.
+EXPLAIN_METHODS: tuple[str, ...] = (*ATTRIBUTION_METHODS, ACTIVATIONS_METHOD)
 
 # Inputs
 IN_IMAGE_BYTES = "image_bytes"  # string [B], encoded JPEG/PNG/GIF/BMP
@@ -78,6 +94,33 @@ OUT_ATTRIBUTION = "attribution"  # float32, the raw map before display normalisa
 OUT_SCORE = "score"  # float32 [B], probability of the explained class
 OUT_CLASSES = "classes"  # string [B,C] (classification signature)
 OUT_SCORES = "scores"  # float32 [B,C] (classification signature)
+# explain_activations: every example may pick another layer, so the per-layer shapes are padded to the largest
+# exported layer's and the true extent is returned alongside.
+OUT_GRID = "grid"  # float32 [B,Hg,Wg] in [0,1], the tiled channels top-left, zero padding right and below
+OUT_GRID_SHAPE = "grid_shape"  # int32 [B,2], (rows, cols) of the grid's own extent
+OUT_ACTIVATIONS = "activations"  # float32 [B,N], the raw [h,w,K] channels in row-major order, zero padded
+OUT_ACTIVATION_SHAPE = "activation_shape"  # int32 [B,3], (h, w, K) of the chosen layer
+OUT_LAYER = "layer"  # int32 [B], the chosen layer's index in the model card's activation_layers
+OUT_LAYER_NAME = "layer_name"  # string [B], the chosen layer's name
+
+ATTRIBUTION_OUTPUTS: tuple[str, ...] = (
+    OUT_HEATMAP,
+    OUT_ATTRIBUTION,
+    OUT_CLASS_INDEX,
+    OUT_SCORE,
+    OUT_PROBABILITIES,
+)
+ACTIVATIONS_OUTPUTS: tuple[str, ...] = (
+    OUT_GRID,
+    OUT_GRID_SHAPE,
+    OUT_ACTIVATIONS,
+    OUT_ACTIVATION_SHAPE,
+    OUT_LAYER,
+    OUT_LAYER_NAME,
+    OUT_CLASS_INDEX,
+    OUT_SCORE,
+    OUT_PROBABILITIES,
+)
 
 # tf.Example features (classification signature and the exported examples TFRecord)
 EXAMPLE_IMAGE_KEY = "image/encoded"
@@ -122,6 +165,16 @@ METHOD_PARAMS: dict[str, tuple[MethodParam, ...]] = {
     "integrated_gradients": (
         MethodParam("n_steps", "int32", 10, "Interpolation steps from a black baseline (tf-explain: 10).", 1, 512),
     ),
+    ACTIVATIONS_METHOD: (
+        MethodParam(
+            "layer",
+            "int32",
+            -1,
+            "Layer to show: -1 = the Grad-CAM layer, else an index into the model card's activation_layers.",
+            -1,
+            255,
+        ),
+    ),
 }
 
 
@@ -130,6 +183,12 @@ def explain_signature(method: str) -> str:
     if method not in EXPLAIN_METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {', '.join(EXPLAIN_METHODS)}")
     return SIG_EXPLAIN_PREFIX + method
+
+
+def explain_outputs(method: str) -> tuple[str, ...]:
+    """Output aliases of ``explain_<method>``: ACTIVATIONS_OUTPUTS for activations, else ATTRIBUTION_OUTPUTS."""
+    explain_signature(method)  # ValueError for an unknown method
+    return ACTIVATIONS_OUTPUTS if method == ACTIVATIONS_METHOD else ATTRIBUTION_OUTPUTS
 
 
 def method_of_signature(signature_name: str) -> str | None:

@@ -23,11 +23,20 @@ docs/explanations.md and checked by tests/training/test_explain_parity.py:
 
 Shapes of ``attribution``: gradcam [B,h,w] (the conv grid); occlusion [B,H,W]; the four gradient methods
 [B,H,W,C] (signed, before any channel reduction). ``heatmap`` is always [B,H,W] in [0, 1].
+
+``activations`` is no class attribution: it shows one conv layer's channels, tiled as tf-explain's
+ActivationsVisualization (``ExtractActivations`` + ``utils.display.filter_display``) lays them out: channel k at tile
+(k // n, k % n) of an n x n grid, n = ceil(sqrt(K)), missing tiles zero, the whole grid min-max normalised. The
+deliberate difference: tf-explain tiles the channels of every image of a batch into one grid and normalises them
+together; Glimpse makes one grid per image (the contract is per example), so a batch of one is tf-explain's grid.
+The layer is chosen per example among ``activation_layers``; outputs are padded to the largest of them (see
+``glimpse_wire.contract.ACTIVATIONS_OUTPUTS``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,13 +44,21 @@ import keras
 import tensorflow as tf
 
 from glimpse_wire.contract import (
+    ACTIVATIONS_METHOD,
+    ATTRIBUTION_METHODS,
     EXPLAIN_METHODS,
     IN_CLASS_INDEX,
     IN_IMAGES,
     METHOD_PARAMS,
+    OUT_ACTIVATION_SHAPE,
+    OUT_ACTIVATIONS,
     OUT_ATTRIBUTION,
     OUT_CLASS_INDEX,
+    OUT_GRID,
+    OUT_GRID_SHAPE,
     OUT_HEATMAP,
+    OUT_LAYER,
+    OUT_LAYER_NAME,
     OUT_PROBABILITIES,
     OUT_SCORE,
 )
@@ -57,6 +74,9 @@ __all__ = [
     "occlusion_geometry",
     "smoothgrad_noise",
     "path_alphas",
+    "grid_side",
+    "tile_channels",
+    "activation_grid",
 ]
 
 # tf-explain's occlusion patch value (utils/image.py apply_grey_patch); our models take 0-255, so it is mid-grey.
@@ -73,6 +93,9 @@ _ACTIVATION_LAYERS: tuple[type, ...] = tuple(
     if cls is not None
 )
 _TINY = 1e-30
+# Chunks of an expanded request in flight at once: the next chunk's forward starts while the previous one
+# finishes, which keeps both cores of a small CPU busy at small batch sizes (about 20% faster occlusion on 2 cores).
+_PARALLEL_CHUNKS = 2
 
 
 @dataclass(frozen=True)
@@ -81,9 +104,9 @@ class ExplainerConfig:
 
     chunk_size: images per forward/backward pass when a method expands one image into many (occlusion positions,
         SmoothGrad samples, integrated-gradients steps); the expanded images of the whole batch are packed densely.
-        It is fixed when the graph is traced; None picks 64 if a GPU is visible when the explainer is built, else 8
-        (on 2 CPU cores MobileNetV2 224 runs fastest per image at batches of 4-16: larger ones fall out of cache; a
-        GPU wants 64 or more). Export on the kind of machine that will serve, or set it.
+        It is fixed when the graph is traced; None picks 64 if a GPU is visible when the explainer is built, else 4
+        (on 2 CPU cores MobileNetV2 224 runs fastest per image at batches of about 4, two chunks in flight: larger
+        ones fall out of cache; a GPU wants 64 or more). Export on the kind of machine that will serve, or set it.
     max_occlusion_positions: upper bound on patch positions per image (a request over it fails with a clear
         InvalidArgumentError instead of running for minutes).
     heatmap_percentile: gradient-method heatmaps are divided by this percentile of the per-pixel magnitude and
@@ -191,6 +214,32 @@ def path_alphas(step: tf.Tensor, n_steps: tf.Tensor) -> tuple[tf.Tensor, tf.Tens
     return tf.where(single, tf.ones_like(step), step), tf.where(single, tf.ones_like(n), n - 1)
 
 
+def grid_side(channels: int) -> int:
+    """Tiles per side of the channel grid: ceil(sqrt(K)), as tf-explain's ``grid_display`` (exact integer maths)."""
+    if channels < 1:
+        raise ValueError(f"need at least one channel, got {channels}")
+    return math.isqrt(channels - 1) + 1
+
+
+def tile_channels(activations: tf.Tensor) -> tf.Tensor:
+    """[B,h,w,K] -> [B,n*h,n*w]: channel k at tile row k // n, column k % n, n = ceil(sqrt(K)); missing tiles 0.
+
+    tf-explain's ``filter_display`` for one image (``np.rollaxis`` to channels-first, then ``grid_display``).
+    """
+    height, width, channels = (int(d) for d in activations.shape[1:])
+    n = grid_side(channels)
+    first = tf.transpose(activations, [0, 3, 1, 2])  # [B,K,h,w]
+    padded = tf.pad(first, [[0, 0], [0, n * n - channels], [0, 0], [0, 0]])
+    tiles = tf.reshape(padded, [-1, n, n, height, width])  # [B,row,col,h,w]
+    return tf.reshape(tf.transpose(tiles, [0, 1, 3, 2, 4]), [-1, n * height, n * width])
+
+
+def activation_grid(activations: tf.Tensor) -> tf.Tensor:
+    """The tiled channels min-max normalised per image over the whole grid, missing tiles included (as tf-explain
+    normalises its grid): [B,h,w,K] -> [B,n*h,n*w] in [0, 1]; a constant grid becomes zeros."""
+    return minmax_heatmap(tile_channels(tf.cast(activations, tf.float32)))
+
+
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -240,14 +289,25 @@ class GraphExplainer:
     softmax output [B,C]. ``gradcam_layer``: the top-level layer whose 4-D output Grad-CAM weighs (the last conv
     activation), or None when the model has none (then ``gradcam`` raises ValueError; the other methods work).
 
+    ``activation_layers``: the top-level layers with 4-D outputs whose channels ``activations`` may show, selected
+    per example by index; the Grad-CAM layer is always one of them (appended when missing) and is what index -1
+    picks. None: just the Grad-CAM layer. Without any, ``activations`` raises ValueError.
+
     Every method takes ``images`` float32 [B,H,W,C] 0-255, ``class_index`` int32 [B] (-1 = predicted class) and its
     parameters from ``METHOD_PARAMS`` as [B] tensors (a scalar is broadcast), and returns a dict keyed by the
-    contract's output aliases: heatmap, attribution, class_index, score, probabilities.
+    contract's output aliases (``glimpse_wire.contract.explain_outputs``): heatmap, attribution, class_index, score,
+    probabilities for the class-attribution methods; grid, raw activations and their shapes for ``activations``.
     """
 
-    def __init__(self, model: keras.Model, gradcam_layer: str | None, config: ExplainerConfig | None = None) -> None:
+    def __init__(
+        self,
+        model: keras.Model,
+        gradcam_layer: str | None,
+        config: ExplainerConfig | None = None,
+        activation_layers: Sequence[str] | None = None,
+    ) -> None:
         self.config = config or ExplainerConfig()
-        self.chunk_size = self.config.chunk_size or (64 if tf.config.list_physical_devices("GPU") else 8)
+        self.chunk_size = self.config.chunk_size or (64 if tf.config.list_physical_devices("GPU") else 4)
         if isinstance(model, keras.Sequential) or not hasattr(model, "inputs") or model.inputs is None:
             raise ValueError("GraphExplainer needs a functional Keras model: keras.Model(inputs, outputs)")
         if len(model.inputs) != 1 or len(model.outputs) != 1:
@@ -297,13 +357,55 @@ class GraphExplainer:
             self._activation_index = len(outputs) - 1
         self._net = keras.Model(model.input, outputs, name=f"{model.name}_explain")
 
+        # activations: one more forward model, the output plus every selectable layer (one pass computes them all)
+        names = list(dict.fromkeys(activation_layers or ()))
+        if gradcam_layer is not None and gradcam_layer not in names:
+            names.append(gradcam_layer)
+        layer_outputs = [self._layer_output(model, name) for name in names]
+        self.activation_layers: tuple[str, ...] = tuple(names)
+        self.activation_shapes: tuple[tuple[int, int, int], ...] = tuple(
+            (int(t.shape[1]), int(t.shape[2]), int(t.shape[3])) for t in layer_outputs
+        )
+        self._default_layer = names.index(gradcam_layer) if gradcam_layer is not None else len(names) - 1
+        self._layers_net = (
+            keras.Model(model.input, [model.output, *layer_outputs], name=f"{model.name}_activations")
+            if names
+            else None
+        )
+
+    @staticmethod
+    def _layer_output(model: keras.Model, name: str) -> Any:
+        try:
+            layer = model.get_layer(name)
+        except ValueError as e:
+            raise ValueError(f"activation layer {name!r} is not a top-level layer of the model") from e
+        output = _connected_output(model, layer)
+        shape = tuple(output.shape)
+        if len(shape) != 4 or any(d is None for d in shape[1:]):
+            raise ValueError(f"activation layer {name!r} must have a 4-D output with static h, w, K; got {shape}")
+        return output
+
     # ------------------------------------------------------------------------------------------------------------
     # Plumbing
 
     @property
     def methods(self) -> tuple[str, ...]:
-        """The methods this model supports (all six, or five without a Grad-CAM layer)."""
-        return tuple(m for m in EXPLAIN_METHODS if m != "gradcam" or self._activation_index is not None)
+        """The class-attribution methods this model supports (all six, or five without a Grad-CAM layer)."""
+        return tuple(m for m in ATTRIBUTION_METHODS if m != "gradcam" or self._activation_index is not None)
+
+    @property
+    def signature_methods(self) -> tuple[str, ...]:
+        """Every method this model can serve: ``methods`` plus ``activations`` when it has activation layers."""
+        return tuple(m for m in EXPLAIN_METHODS if m in self.methods or (m == ACTIVATIONS_METHOD and self._has_layers))
+
+    @property
+    def _has_layers(self) -> bool:
+        return self._layers_net is not None
+
+    @property
+    def grid_shapes(self) -> tuple[tuple[int, int], ...]:
+        """(rows, cols) of each activation layer's channel grid."""
+        return tuple((grid_side(k) * h, grid_side(k) * w) for h, w, k in self.activation_shapes)
 
     def _forward(self, images: tf.Tensor) -> _Forward:
         outs = self._net(images, training=False)
@@ -434,7 +536,9 @@ class GraphExplainer:
             return i + 1, acc + tf.math.unsorted_segment_sum(values, ids, batch)
 
         acc0 = tf.zeros(tf.concat([[batch], self.image_shape], axis=0), tf.float32)
-        _, acc = tf.while_loop(lambda i, _: i < n_chunks, body, (tf.constant(0), acc0), parallel_iterations=1)
+        _, acc = tf.while_loop(
+            lambda i, _: i < n_chunks, body, (tf.constant(0), acc0), parallel_iterations=_PARALLEL_CHUNKS
+        )
         return acc
 
     def _expanded_values(self, total: tf.Tensor, item_fn: Callable[[tf.Tensor], tf.Tensor]) -> tf.Tensor:
@@ -447,7 +551,9 @@ class GraphExplainer:
             idx = tf.range(i * chunk, tf.minimum((i + 1) * chunk, total))
             return i + 1, out.write(i, item_fn(idx))
 
-        _, out = tf.while_loop(lambda i, _: i < n_chunks, body, (tf.constant(0), out0), parallel_iterations=1)
+        _, out = tf.while_loop(
+            lambda i, _: i < n_chunks, body, (tf.constant(0), out0), parallel_iterations=_PARALLEL_CHUNKS
+        )
         return out.concat()
 
     @staticmethod
@@ -638,6 +744,59 @@ class GraphExplainer:
         return self._result(
             saliency_heatmap(attribution, self.config.heatmap_percentile), attribution, target, probabilities
         )
+
+    def activations(self, images: Any, class_index: Any, layer: Any) -> dict[str, tf.Tensor]:
+        """The channels of one activation layer per image: ``layer`` [B] indexes ``activation_layers`` (-1 = the
+        Grad-CAM layer). grid: ``activation_grid`` of that layer, zero padded to the largest grid among the layers
+        (grid_shape says its own extent); activations: its raw [h,w,K] values flattened row-major, zero padded to the
+        largest layer (activation_shape says h, w, K); layer / layer_name: the resolved choice; class_index, score,
+        probabilities as for the other methods (the class is only reported: activations do not depend on it).
+        Cost: one forward pass per image; every layer is tiled, then each image keeps its own.
+        """
+        if not self._has_layers:
+            raise ValueError("this model has no activation layer (no 4-D conv activation); use another method")
+        images, class_index, p, checks = self._prepare(ACTIVATIONS_METHOD, images, class_index, {"layer": layer})
+        count = len(self.activation_layers)
+        checks.append(
+            tf.debugging.assert_less(
+                p["layer"],
+                count,
+                message=f"activations: layer must be -1 (the Grad-CAM layer) or in [0, {count - 1}], an index into "
+                "the model card's activation_layers",
+            )
+        )
+        with tf.control_dependencies(checks):  # the layer, too: gathering with a bad index must wait for its check
+            images = tf.identity(images)
+            layer = tf.identity(p["layer"])
+        chosen = tf.where(layer < 0, self._default_layer, layer)
+        outs = self._layers_net(images, training=False)
+        probabilities = tf.cast(outs[0], tf.float32)
+        target = self._target(class_index, probabilities)
+        rows = max(h for h, _ in self.grid_shapes)
+        cols = max(w for _, w in self.grid_shapes)
+        size = max(h * w * k for h, w, k in self.activation_shapes)
+        grids, raws = [], []
+        for out, (h, w, k) in zip(outs[1:], self.activation_shapes, strict=True):
+            values = tf.cast(out, tf.float32)
+            grid = activation_grid(values)
+            grids.append(tf.pad(grid, [[0, 0], [0, rows - int(grid.shape[1])], [0, cols - int(grid.shape[2])]]))
+            raws.append(tf.pad(tf.reshape(values, [-1, h * w * k]), [[0, 0], [0, size - h * w * k]]))
+        grid = tf.gather(tf.stack(grids, axis=1), chosen, batch_dims=1)
+        raw = tf.gather(tf.stack(raws, axis=1), chosen, batch_dims=1)
+        score = tf.gather(probabilities, target, batch_dims=1)
+        return {
+            OUT_GRID: tf.identity(grid, name=OUT_GRID),
+            OUT_GRID_SHAPE: tf.gather(tf.constant(self.grid_shapes, tf.int32), chosen, name=OUT_GRID_SHAPE),
+            OUT_ACTIVATIONS: tf.identity(raw, name=OUT_ACTIVATIONS),
+            OUT_ACTIVATION_SHAPE: tf.gather(
+                tf.constant(self.activation_shapes, tf.int32), chosen, name=OUT_ACTIVATION_SHAPE
+            ),
+            OUT_LAYER: tf.identity(chosen, name=OUT_LAYER),
+            OUT_LAYER_NAME: tf.gather(tf.constant(list(self.activation_layers)), chosen, name=OUT_LAYER_NAME),
+            OUT_CLASS_INDEX: tf.identity(target, name=OUT_CLASS_INDEX),
+            OUT_SCORE: tf.identity(score, name=OUT_SCORE),
+            OUT_PROBABILITIES: tf.identity(probabilities, name=OUT_PROBABILITIES),
+        }
 
     # ------------------------------------------------------------------------------------------------------------
     # Conveniences for callers that do not build their own signatures

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from glimpse_wire.contract import (
+    ACTIVATIONS_METHOD,
     CLASSIFY_METHOD_NAME,
     CONTRACT_VERSION,
     EXAMPLE_IMAGE_KEY,
@@ -39,13 +40,11 @@ from glimpse_wire.contract import (
     LABELS_ASSET,
     METHOD_PARAMS,
     MODEL_CARD_ASSET,
-    OUT_ATTRIBUTION,
     OUT_CLASS_INDEX,
     OUT_CLASSES,
     OUT_HEATMAP,
     OUT_LABEL,
     OUT_PROBABILITIES,
-    OUT_SCORE,
     OUT_SCORES,
     PREDICT_METHOD_NAME,
     SERVE_TAG,
@@ -53,6 +52,7 @@ from glimpse_wire.contract import (
     SIG_DEFAULT,
     SIG_PIXELS,
     WARMUP_ASSET,
+    explain_outputs,
     explain_signature,
 )
 
@@ -69,6 +69,8 @@ __all__ = [
     "write_examples_tfrecord",
     "example_features",
     "find_gradcam_layer",
+    "find_activation_layers",
+    "MAX_ACTIVATION_LAYERS",
     "next_version",
     "expected_signatures",
 ]
@@ -84,7 +86,10 @@ EXAMPLES_FILE = "examples/test.tfrecord"
 _TMP_PREFIX = ".tmp-"
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 _PREDICT_OUTPUTS = (OUT_PROBABILITIES, OUT_CLASS_INDEX, OUT_LABEL)
-_EXPLAIN_OUTPUTS = (OUT_HEATMAP, OUT_ATTRIBUTION, OUT_CLASS_INDEX, OUT_SCORE, OUT_PROBABILITIES)
+
+# How many stage outputs ``find_activation_layers`` keeps (the deepest ones): every selectable layer is tiled in the
+# explain_activations graph and pads its outputs, so the list stays short.
+MAX_ACTIVATION_LAYERS = 4
 
 
 class ExportError(ValueError):
@@ -136,9 +141,61 @@ def find_gradcam_layer(model: keras.Model) -> str | None:
     return found
 
 
-def expected_signatures(gradcam: bool = True) -> tuple[str, ...]:
-    """The signature keys an exported version carries, in order (no ``explain_gradcam`` without a Grad-CAM layer)."""
-    explain = tuple(explain_signature(m) for m in EXPLAIN_METHODS if gradcam or m != "gradcam")
+def find_activation_layers(
+    model: keras.Model, gradcam_layer: str | None, max_layers: int = MAX_ACTIVATION_LAYERS
+) -> tuple[str, ...]:
+    """The layers ``explain_activations`` can show: the output of each stage of the network, up to the Grad-CAM layer.
+
+    Walking the top-level layers from the first convolution to ``gradcam_layer``, a stage is a run of 4-D outputs
+    with the same spatial size (padding layers do not count). Its output is its last layer; in a residual stage, the
+    last layer after its last merge (Add, Concatenate, ...) that keeps the merge's channel count, because the layers
+    after it already belong to the next stage's first block (an inverted-residual expansion before a strided
+    depthwise convolution, as in MobileNetV2 and EfficientNet). The Grad-CAM layer stands for its own stage, last;
+    the deepest ``max_layers`` stages are kept. Empty without a Grad-CAM layer.
+    """
+    import keras
+
+    if gradcam_layer is None or max_layers < 1:
+        return ()
+    merge_names = ("Add", "Average", "Concatenate", "Maximum", "Minimum", "Multiply", "Subtract")
+    merges = tuple(getattr(keras.layers, n) for n in merge_names)
+    padding = (keras.layers.ZeroPadding2D, keras.layers.Cropping2D)
+    # per stage: [size, last layer, channels of its last merge, last layer keeping them since that merge]
+    stages: list[list[Any]] = []
+    seen_conv = False
+    for layer in model.layers:
+        if not seen_conv and _has_conv_kernel(layer):
+            seen_conv = True
+        shape = _output_shape(layer)
+        if seen_conv and not isinstance(layer, padding) and shape is not None and len(shape) == 4:
+            if None not in shape[1:]:
+                size, channels = (int(shape[1]), int(shape[2])), int(shape[3])
+                if not stages or stages[-1][0] != size:
+                    stages.append([size, layer.name, None, None])
+                stage = stages[-1]
+                stage[1] = layer.name
+                if isinstance(layer, merges):
+                    stage[2], stage[3] = channels, layer.name
+                elif stage[2] == channels and stage[3] is not None:
+                    stage[3] = layer.name
+                elif stage[2] is not None:
+                    stage[2] = -1  # the channels changed after the merge: the stage output is fixed
+        if layer.name == gradcam_layer:
+            break
+    # the last stage is the Grad-CAM layer's own: it stands for it
+    names = [merged or last for _, last, _, merged in stages[:-1]]
+    return (*names[max(0, len(names) - (max_layers - 1)) :], gradcam_layer)
+
+
+def expected_signatures(gradcam: bool = True, activations: bool | None = None) -> tuple[str, ...]:
+    """The signature keys an exported version carries, in order: no ``explain_gradcam`` without a Grad-CAM layer, no
+    ``explain_activations`` without activation layers (``activations`` None: the same as ``gradcam``)."""
+    activations = gradcam if activations is None else activations
+    explain = tuple(
+        explain_signature(m)
+        for m in EXPLAIN_METHODS
+        if (gradcam or m != "gradcam") and (activations or m != ACTIVATIONS_METHOD)
+    )
     return (SIG_DEFAULT, SIG_PIXELS, SIG_CLASSIFY, *explain)
 
 
@@ -209,6 +266,7 @@ def export_classifier(
     gradcam_layer: str | None,
     card: Mapping[str, Any] | None = None,
     examples: Iterable[Any] | None = None,
+    activation_layers: Sequence[str] | None = None,
 ) -> Path:
     """Export ``model`` as the next version of ``<export_base>/<name>``; returns the new version directory.
 
@@ -219,8 +277,14 @@ def export_classifier(
     ``gradcam_layer``: the last 4-D conv activation (see :func:`find_gradcam_layer`), or None to export without
     ``explain_gradcam``. ``card``: merged into the model card (e.g. ``metrics``, ``training``, ``dataset``).
     ``examples``: held-out records written to ``<export_base>/<name>/examples/test.tfrecord``.
+    ``activation_layers``: the layers ``explain_activations`` may show (top-level, 4-D outputs; the Grad-CAM layer
+    is added when missing); None = :func:`find_activation_layers`. The model card lists them in index order.
     """
     spec = _check_model(model, class_names, image_size, channels, preprocessing, gradcam_layer, name)
+    if activation_layers is None:
+        activation_layers = find_activation_layers(model, gradcam_layer)
+    for layer_name in activation_layers:
+        _check_4d_layer(model, layer_name, "activation layer")
     extra = dict(card or {})
     clash = sorted(set(extra) & _MANAGED_CARD_KEYS)
     if clash:
@@ -232,7 +296,7 @@ def export_classifier(
     base = Path(export_base) / name
     base.mkdir(parents=True, exist_ok=True)
 
-    explainer = _make_explainer(model, gradcam_layer)
+    explainer = _make_explainer(model, gradcam_layer, activation_layers)
     tmp = base / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
     try:
         signatures = _write_saved_model(model, explainer, spec, tmp)
@@ -240,7 +304,7 @@ def export_classifier(
         _check_signature_defs(tmp, signatures, spec)
         (tmp / LABELS_ASSET).parent.mkdir(parents=True, exist_ok=True)
         (tmp / LABELS_ASSET).write_text("".join(f"{c}\n" for c in spec.class_names), encoding="utf-8")
-        model_card = _model_card(spec, signatures, extra)
+        model_card = _model_card(spec, signatures, extra, explainer)
         (tmp / MODEL_CARD_ASSET).parent.mkdir(parents=True, exist_ok=True)
         (tmp / MODEL_CARD_ASSET).write_text(json.dumps(model_card, indent=2, default=_json_default) + "\n")
         _write_warmup(tmp / WARMUP_ASSET, name, signatures, spec)
@@ -364,6 +428,7 @@ _MANAGED_CARD_KEYS = frozenset(
         "labels",
         "input",
         "gradcam_layer",
+        "activation_layers",
         "signatures",
         "explain_methods",
         "glimpse_version",
@@ -412,13 +477,17 @@ def _check_model(
     if not isinstance(preprocessing, str) or not preprocessing:
         raise ExportError("preprocessing must name what the model does to its 0-255 input (e.g. 'scale_0_1')")
     if gradcam_layer is not None:
-        try:
-            layer = model.get_layer(gradcam_layer)
-        except ValueError as e:
-            raise ExportError(f"gradcam_layer {gradcam_layer!r} is not a top-level layer of the model") from e
-        if _output_rank(layer) != 4:
-            raise ExportError(f"gradcam_layer {gradcam_layer!r} does not have a 4-D output")
+        _check_4d_layer(model, gradcam_layer, "gradcam_layer")
     return _Spec(names, height, width, channels, preprocessing, gradcam_layer)
+
+
+def _check_4d_layer(model: Any, layer_name: Any, what: str) -> None:
+    try:
+        layer = model.get_layer(layer_name)
+    except (ValueError, TypeError) as e:
+        raise ExportError(f"{what} {layer_name!r} is not a top-level layer of the model") from e
+    if _output_rank(layer) != 4:
+        raise ExportError(f"{what} {layer_name!r} does not have a 4-D output")
 
 
 def _size_pair(image_size: int | Sequence[int]) -> tuple[int, int]:
@@ -449,11 +518,16 @@ def _is_version_name(name: str) -> bool:
     return name.isascii() and name.isdigit()
 
 
-def _output_rank(layer: Any) -> int | None:
+def _output_shape(layer: Any) -> tuple[int | None, ...] | None:
     try:
         shape = layer.output.shape
     except (AttributeError, ValueError):
         return None
+    return tuple(shape) if shape is not None else None
+
+
+def _output_rank(layer: Any) -> int | None:
+    shape = _output_shape(layer)
     return len(shape) if shape is not None else None
 
 
@@ -466,11 +540,11 @@ def _has_conv_kernel(layer: Any) -> bool:
     return any(len(w.shape) == 4 for w in weights)
 
 
-def _make_explainer(model: Any, gradcam_layer: str | None) -> Any:
+def _make_explainer(model: Any, gradcam_layer: str | None, activation_layers: Sequence[str]) -> Any:
     from training.explain_graph import GraphExplainer
 
     try:
-        return GraphExplainer(model, gradcam_layer)
+        return GraphExplainer(model, gradcam_layer, activation_layers=activation_layers)
     except ValueError as e:
         raise ExportError(f"cannot build the explanation signatures: {e}") from e
 
@@ -535,7 +609,7 @@ def _write_saved_model(model: Any, explainer: Any, spec: _Spec, export_dir: Path
     )
     add(SIG_CLASSIFY, classification, [tf.TensorSpec([None], tf.string, name=IN_EXAMPLES)], CLASSIFY_METHOD_NAME)
     for method in EXPLAIN_METHODS:
-        if method == "gradcam" and spec.gradcam_layer is None:
+        if method not in explainer.signature_methods:
             continue
         fn, signature = _explain_endpoint(method, explainer, decode, to_model_pixels)
         add(explain_signature(method), fn, signature, PREDICT_METHOD_NAME)
@@ -554,6 +628,7 @@ def _explain_endpoint(
 
     params = METHOD_PARAMS[method]
     names = tuple(p.name for p in params)
+    outputs = explain_outputs(method)
     signature = [
         tf.TensorSpec([None], tf.string, name=IN_IMAGE_BYTES),
         tf.TensorSpec([None], tf.int32, name=IN_CLASS_INDEX),
@@ -563,7 +638,7 @@ def _explain_endpoint(
     def explain(image_bytes: tf.Tensor, class_index: tf.Tensor, *values: tf.Tensor) -> dict[str, tf.Tensor]:
         images = to_model_pixels(decode(image_bytes))
         result = explainer.explain(method, images, class_index, **dict(zip(names, values, strict=True)))
-        return {alias: result[alias] for alias in _EXPLAIN_OUTPUTS}
+        return {alias: result[alias] for alias in outputs}
 
     explain.__name__ = f"explain_{method}"
     return explain, signature
@@ -596,7 +671,7 @@ def _expected_aliases(key: str) -> tuple[set[str], set[str]]:
     if key == SIG_CLASSIFY:
         return {IN_EXAMPLES}, {OUT_CLASSES, OUT_SCORES}
     method = key[len("explain_") :]
-    return {IN_IMAGE_BYTES, IN_CLASS_INDEX, *(p.name for p in METHOD_PARAMS[method])}, set(_EXPLAIN_OUTPUTS)
+    return {IN_IMAGE_BYTES, IN_CLASS_INDEX, *(p.name for p in METHOD_PARAMS[method])}, set(explain_outputs(method))
 
 
 def _check_signature_defs(export_dir: Path, methods: Mapping[str, str], spec: _Spec) -> None:
@@ -630,7 +705,7 @@ def _check_signature_defs(export_dir: Path, methods: Mapping[str, str], spec: _S
 # Assets: model card, warm-up requests, publishing
 
 
-def _model_card(spec: _Spec, methods: Mapping[str, str], extra: Mapping[str, Any]) -> dict[str, Any]:
+def _model_card(spec: _Spec, methods: Mapping[str, str], extra: Mapping[str, Any], explainer: Any) -> dict[str, Any]:
     from glimpse import __version__
 
     explain = [m for m in EXPLAIN_METHODS if explain_signature(m) in methods]
@@ -643,6 +718,13 @@ def _model_card(spec: _Spec, methods: Mapping[str, str], extra: Mapping[str, Any
             "preprocessing": spec.preprocessing,
         },
         "gradcam_layer": spec.gradcam_layer,
+        # explain_activations' `layer` parameter indexes this list (-1 = the Grad-CAM layer)
+        "activation_layers": [
+            {"index": i, "name": name, "shape": list(shape), "grid": list(grid)}
+            for i, (name, shape, grid) in enumerate(
+                zip(explainer.activation_layers, explainer.activation_shapes, explainer.grid_shapes, strict=True)
+            )
+        ],
         "signatures": list(methods),
         "explain_methods": explain,
         "metrics": {},
@@ -652,8 +734,10 @@ def _model_card(spec: _Spec, methods: Mapping[str, str], extra: Mapping[str, Any
         "contract_version": CONTRACT_VERSION,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    if spec.gradcam_layer is None:
-        card["notes"] = ["no 4-D conv layer: explain_gradcam is not exported; the other explanations are"]
+    missing = [explain_signature(m) for m in EXPLAIN_METHODS if explain_signature(m) not in methods]
+    if missing:
+        verb = "are" if len(missing) > 1 else "is"
+        card["notes"] = [f"no 4-D conv layer: {' and '.join(missing)} {verb} not exported; the other explanations are"]
     card.update(extra)
     return card
 

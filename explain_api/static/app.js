@@ -1,7 +1,10 @@
 // Glimpse page: plain JavaScript against the explain API (no build step).
 "use strict";
 
+// The class-attribution methods (compared side by side) and every method of the selector.
 const METHODS = ["gradcam", "occlusion", "vanilla_gradients", "gradients_inputs", "smoothgrad", "integrated_gradients"];
+const ACTIVATIONS = "activations";
+const ALL_METHODS = [...METHODS, ACTIVATIONS];
 const KEY_STORAGE = "glimpse-api-key";
 
 const $ = (id) => document.getElementById(id);
@@ -90,22 +93,32 @@ async function loadModel() {
   const select = $("method");
   const previous = select.value || "gradcam";
   select.replaceChildren();
-  for (const method of METHODS) {
+  for (const method of ALL_METHODS) {
     const available = info.methods.includes(method);
     const option = new Option(method + (available ? "" : " (not available)"), method);
     option.disabled = !available;
     select.add(option);
   }
   select.value = info.methods.includes(previous) ? previous : info.methods[0] || "";
+  showMethodFields();
   const size = info.input ? `${info.input.width}x${info.input.height}` : "?";
   $("model-info").textContent = `version ${info.version}, input ${size}, ${info.labels.length} labels`;
   $("compare").disabled = !state.file;
+}
+
+function showMethodFields() {
+  const activations = $("method").value === ACTIVATIONS;
+  $("layer-field").hidden = !activations;
+  $("download-grid").textContent = activations
+    ? "Download original | channel grid PNG"
+    : "Download original | heatmap | overlay PNG";
 }
 
 function imageForm(method, extra = {}) {
   const form = new FormData();
   form.append("image", state.file, state.file.name || "image");
   if (method) form.append("method", method);
+  if (method === ACTIVATIONS) form.append("layer", $("layer").value || "-1");
   for (const [k, v] of Object.entries(extra)) form.append(k, String(v));
   return form;
 }
@@ -145,15 +158,33 @@ async function explainCurrent() {
     ]);
     renderPredictions(prediction.results[0].predictions);
     const result = explanation.results[0];
-    const url = `data:image/png;base64,${result.overlay_png}`;
-    $("overlay").querySelector("img").src = url;
-    $("overlay").querySelector("figcaption").textContent =
-      `${method} for "${result.target.label}" (${(result.target.score * 100).toFixed(1)}%), ` +
-      `model ${explanation.model.name} v${explanation.model.version}`;
-    $("overlay-title").textContent = `Explanation: ${method}`;
+    const model = `model ${explanation.model.name} v${explanation.model.version}`;
     const link = $("download-overlay");
+    const img = $("overlay").querySelector("img");
+    let url;
+    if (method === ACTIVATIONS) {
+      // the channels of one layer, tiled: no class involved, the prediction is only reported
+      const acts = result.activations;
+      url = `data:image/png;base64,${result.grid_png}`;
+      img.alt = "activation grid";
+      img.classList.add("pixelated");
+      $("overlay").querySelector("figcaption").textContent =
+        `${method} of layer ${acts.layer} "${acts.layer_name}" (${acts.channels.shape.join("x")}, ` +
+        `${acts.grid.tiles.join("x")} tiles), predicted "${result.target.label}", ${model}`;
+      link.textContent = "Download channel grid PNG";
+      link.download = `${state.model}-${method}-${acts.layer_name}.png`;
+    } else {
+      url = `data:image/png;base64,${result.overlay_png}`;
+      img.alt = "explanation overlay";
+      img.classList.remove("pixelated");
+      $("overlay").querySelector("figcaption").textContent =
+        `${method} for "${result.target.label}" (${(result.target.score * 100).toFixed(1)}%), ${model}`;
+      link.textContent = "Download overlay PNG";
+      link.download = `${state.model}-${method}-overlay.png`;
+    }
+    img.src = url;
+    $("overlay-title").textContent = `Explanation: ${method}`;
     link.href = url;
-    link.download = `${state.model}-${method}-overlay.png`;
     $("result").hidden = false;
   } catch (error) {
     showError(error);
@@ -261,7 +292,11 @@ function init() {
       showError(error);
     }
   });
-  $("method").addEventListener("change", explainCurrent);
+  $("method").addEventListener("change", () => {
+    showMethodFields();
+    explainCurrent();
+  });
+  $("layer").addEventListener("change", explainCurrent);
   $("colormap").addEventListener("change", explainCurrent);
   $("compare").addEventListener("click", compareAll);
   $("download-grid").addEventListener("click", downloadGrid);

@@ -68,9 +68,11 @@ def run_page_session(
     browser, base: str, photo: Path, second: bytes, *, labels: int, methods_ok: int, tmp_path: Path
 ) -> None:
     """What a user does on the page, with checks at each step. ``second``: another PNG, dropped at the end;
-    ``labels``: predictions expected in the top list (min(5, classes)); ``methods_ok``: how many of the six methods
-    the model can answer."""
+    ``labels``: predictions expected in the top list (min(5, classes)); ``methods_ok``: how many of the methods
+    (the six class-attribution methods and activations) the model can answer."""
     from PIL import Image
+
+    from glimpse_wire import contract as c
 
     errors: list[str] = []
     page = browser.new_page(accept_downloads=True)
@@ -78,8 +80,11 @@ def run_page_session(
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.set_default_timeout(60_000)
     page.goto(base + "/")
-    page.wait_for_function("document.querySelectorAll('#method option').length === 6")
-    assert page.eval_on_selector_all("#method option:not([disabled])", "els => els.length") == methods_ok
+    page.wait_for_function(f"document.querySelectorAll('#method option').length === {len(c.EXPLAIN_METHODS)}")
+    enabled = page.eval_on_selector_all("#method option:not([disabled])", "els => els.map(e => e.value)")
+    assert len(enabled) == methods_ok
+    attribution_ok = len([m for m in enabled if m in c.ATTRIBUTION_METHODS])
+    assert page.is_hidden("#layer-field")
     with Image.open(photo) as im:
         width, height = im.size
 
@@ -101,6 +106,19 @@ def run_page_session(
     with Image.open(grid_path) as grid:
         assert grid.size == (3 * width + 2 * 4, height)
 
+    # Activations: the layer field appears, the figure shows the channel grid of the chosen layer.
+    if c.ACTIVATIONS_METHOD in enabled:
+        page.select_option("#method", c.ACTIVATIONS_METHOD)
+        page.wait_for_function("document.querySelector('#overlay figcaption').textContent.startsWith('activations')")
+        assert page.is_visible("#layer-field")
+        caption = page.text_content("#overlay figcaption")
+        page.fill("#layer", "0")
+        page.dispatch_event("#layer", "change")
+        page.wait_for_function("document.querySelector('#overlay figcaption').textContent.includes('of layer 0 ')")
+        assert page.text_content("#overlay figcaption") != caption
+        page.wait_for_function("document.querySelector('#overlay img').naturalWidth >= 256")
+        assert page.get_attribute("#download-overlay", "download").endswith(".png")
+
     # Another method re-explains.
     page.select_option("#method", "occlusion")
     page.wait_for_function("document.querySelector('#overlay figcaption').textContent.startsWith('occlusion')")
@@ -108,9 +126,10 @@ def run_page_session(
     # Compare all six methods side by side.
     page.click("#compare")
     page.wait_for_function(
-        "document.querySelectorAll('#compare-grid .card.ok, #compare-grid .card.failed').length === 6"
+        "document.querySelectorAll('#compare-grid .card.ok, #compare-grid .card.failed').length === "
+        f"{len(c.ATTRIBUTION_METHODS)}"
     )
-    assert page.eval_on_selector_all("#compare-grid .card.ok img", "els => els.length") == methods_ok
+    assert page.eval_on_selector_all("#compare-grid .card.ok img", "els => els.length") == attribution_ok
     failed = page.eval_on_selector_all("#compare-grid .card.failed", "els => els.map(e => e.textContent)")
     assert all("glimpse export" in text for text in failed)
 

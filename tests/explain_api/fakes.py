@@ -4,9 +4,11 @@
 server hosting one small model: three classes (red, green, blue), input 32x32. The "model" decodes the image bytes
 (PNG, as the API sends them), resizes them with padding to its input size and scores each class by the mean of its
 colour channel over the top-left quadrant of the input (softmax of mean/16). Its "explanation" heatmap is that
-channel's intensity over the whole input, scaled to [0, 1]. Requests are checked the way the real client and server
-check them (``build_explain_inputs`` of the real client, TF Serving's NotFound/InvalidArgument messages), and every
-call is recorded in ``calls``.
+channel's intensity over the whole input, scaled to [0, 1]. Its two "activation layers" are the input pixels
+(``pixels``, [h,w,3]) and their 2x2 average (``pooled``, [h/2,w/2,3], the "Grad-CAM layer"): ``explain_activations``
+tiles the three channels into a 2x2 grid scaled by the pixel range 0-255, padded to the larger layer. Requests are
+checked the way the real client and server check them (``build_explain_inputs`` of the real client, TF Serving's
+NotFound/InvalidArgument messages), and every call is recorded in ``calls``.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from glimpse_wire.client import (
 from glimpse_wire.errors import FailedPrecondition, InvalidArgument, NotFound
 
 LABELS = ("red", "green", "blue")
+ACTIVATION_LAYERS = ("pixels", "pooled")
 
 
 @dataclass
@@ -132,23 +135,32 @@ class FakeServing:
                 {c.OUT_CLASSES: TensorSpec("DT_STRING", (None, n)), c.OUT_SCORES: TensorSpec("DT_FLOAT", (None, n))},
             )
         for method in self.methods:
+            outputs = {
+                c.OUT_HEATMAP: TensorSpec("DT_FLOAT", (None, h, w)),
+                c.OUT_ATTRIBUTION: TensorSpec("DT_FLOAT", (None, h, w)),
+                c.OUT_CLASS_INDEX: TensorSpec("DT_INT32", (None,)),
+                c.OUT_SCORE: TensorSpec("DT_FLOAT", (None,)),
+                c.OUT_PROBABILITIES: TensorSpec("DT_FLOAT", (None, n)),
+            }
+            if method == c.ACTIVATIONS_METHOD:
+                outputs = {
+                    c.OUT_GRID: TensorSpec("DT_FLOAT", (None, 2 * h, 2 * w)),
+                    c.OUT_GRID_SHAPE: TensorSpec("DT_INT32", (None, 2)),
+                    c.OUT_ACTIVATIONS: TensorSpec("DT_FLOAT", (None, h * w * 3)),
+                    c.OUT_ACTIVATION_SHAPE: TensorSpec("DT_INT32", (None, 3)),
+                    c.OUT_LAYER: TensorSpec("DT_INT32", (None,)),
+                    c.OUT_LAYER_NAME: TensorSpec("DT_STRING", (None,)),
+                    c.OUT_CLASS_INDEX: TensorSpec("DT_INT32", (None,)),
+                    c.OUT_SCORE: TensorSpec("DT_FLOAT", (None,)),
+                    c.OUT_PROBABILITIES: TensorSpec("DT_FLOAT", (None, n)),
+                }
             inputs = {
                 c.IN_IMAGE_BYTES: TensorSpec("DT_STRING", (None,)),
                 c.IN_CLASS_INDEX: TensorSpec("DT_INT32", (None,)),
             }
             for p in c.METHOD_PARAMS[method]:
                 inputs[p.name] = TensorSpec({"bool": "DT_BOOL", "int32": "DT_INT32"}.get(p.dtype, "DT_FLOAT"), (None,))
-            sigs[c.explain_signature(method)] = SignatureInfo(
-                c.PREDICT_METHOD_NAME,
-                inputs,
-                {
-                    c.OUT_HEATMAP: TensorSpec("DT_FLOAT", (None, h, w)),
-                    c.OUT_ATTRIBUTION: TensorSpec("DT_FLOAT", (None, h, w)),
-                    c.OUT_CLASS_INDEX: TensorSpec("DT_INT32", (None,)),
-                    c.OUT_SCORE: TensorSpec("DT_FLOAT", (None,)),
-                    c.OUT_PROBABILITIES: TensorSpec("DT_FLOAT", (None, n)),
-                },
-            )
+            sigs[c.explain_signature(method)] = SignatureInfo(c.PREDICT_METHOD_NAME, inputs, outputs)
         return sigs
 
     def metadata(self, model: str, *, version=None, label=None, timeout_s=None) -> ModelMetadata:
@@ -228,19 +240,54 @@ class FakeServing:
             if (target >= len(self.labels)).any():
                 raise InvalidArgument("class_index out of range")
             heat = np.stack([pixels[i, :, :, t] / 255.0 for i, t in enumerate(target)]).astype(np.float32)
-            outputs = {
-                c.OUT_HEATMAP: heat,
-                c.OUT_ATTRIBUTION: heat * 2.0,
-                c.OUT_CLASS_INDEX: target.astype(np.int32),
-                c.OUT_SCORE: probs[np.arange(len(target)), target],
-                c.OUT_PROBABILITIES: probs,
-            }
+            if method == c.ACTIVATIONS_METHOD:
+                outputs = self._activations(pixels, np.asarray(inputs["layer"]).astype(int))
+                outputs.update(
+                    {
+                        c.OUT_CLASS_INDEX: target.astype(np.int32),
+                        c.OUT_SCORE: probs[np.arange(len(target)), target],
+                        c.OUT_PROBABILITIES: probs,
+                    }
+                )
+            else:
+                outputs = {
+                    c.OUT_HEATMAP: heat,
+                    c.OUT_ATTRIBUTION: heat * 2.0,
+                    c.OUT_CLASS_INDEX: target.astype(np.int32),
+                    c.OUT_SCORE: probs[np.arange(len(target)), target],
+                    c.OUT_PROBABILITIES: probs,
+                }
         if output_filter:
             missing = [a for a in output_filter if a not in outputs]
             if missing:
                 raise InvalidArgument(f"output tensor alias not found in signature: {missing[0]}")
             outputs = {a: outputs[a] for a in output_filter}
         return PredictResult(ModelRef(model, v, signature), outputs)
+
+    def _activations(self, pixels: np.ndarray, layers: np.ndarray) -> dict[str, np.ndarray]:
+        h, w = self.input_size
+        if ((layers < -1) | (layers >= len(ACTIVATION_LAYERS))).any():
+            raise InvalidArgument("activations: layer must be -1 (the Grad-CAM layer) or in [0, 1]")
+        chosen = np.where(layers < 0, 1, layers)
+        grid = np.zeros((len(pixels), 2 * h, 2 * w), np.float32)
+        raw = np.zeros((len(pixels), h * w * 3), np.float32)
+        shapes = []
+        for i, layer in enumerate(chosen):
+            acts = pixels[i] if layer == 0 else pixels[i].reshape(h // 2, 2, w // 2, 2, 3).mean(axis=(1, 3))
+            ah, aw, _ = acts.shape
+            for k in range(3):  # channel k at tile (k // 2, k % 2); tile (1, 1) stays zero
+                top, left = (k // 2) * ah, (k % 2) * aw
+                grid[i, top : top + ah, left : left + aw] = acts[..., k] / 255.0
+            raw[i, : acts.size] = acts.reshape(-1)
+            shapes.append(acts.shape)
+        return {
+            c.OUT_GRID: grid,
+            c.OUT_GRID_SHAPE: np.array([[2 * s[0], 2 * s[1]] for s in shapes], np.int32),
+            c.OUT_ACTIVATIONS: raw,
+            c.OUT_ACTIVATION_SHAPE: np.array(shapes, np.int32),
+            c.OUT_LAYER: chosen.astype(np.int32),
+            c.OUT_LAYER_NAME: np.array([ACTIVATION_LAYERS[j].encode() for j in chosen], dtype=object),
+        }
 
     def explain(
         self,

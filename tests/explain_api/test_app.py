@@ -209,7 +209,7 @@ def test_explain_json_response_shape(client, chelsea_png: bytes) -> None:
     assert result["image"] == {"width": 451, "height": 300, "format": "PNG"}
 
 
-@pytest.mark.parametrize("method", c.EXPLAIN_METHODS)
+@pytest.mark.parametrize("method", c.ATTRIBUTION_METHODS)
 def test_every_method_through_multipart(client, fake: FakeServing, method: str) -> None:
     r = client.post("/v1/models/tiny:explain", **multipart(solid(BLUE), method=method, heatmap_size=8))
     assert r.status_code == 200, r.get_json()
@@ -218,6 +218,50 @@ def test_every_method_through_multipart(client, fake: FakeServing, method: str) 
     assert set(body["params"]) == {p.name for p in c.METHOD_PARAMS[method]}
     assert body["results"][0]["heatmap"]["shape"] == [8, 8]
     assert fake.calls_of("Predict")[-1].signature == c.explain_signature(method)
+
+
+def test_activations_json_has_the_grid_and_the_raw_channels(client, fake: FakeServing) -> None:
+    r = client.post("/v1/models/tiny:explain", **multipart(solid(BLUE, (40, 40)), method="activations", layer=0))
+    assert r.status_code == 200, r.get_json()
+    body = r.get_json()
+    assert body["method"] == "activations" and body["params"] == {"layer": 0}
+    assert fake.calls_of("Predict")[-1].signature == c.explain_signature(c.ACTIVATIONS_METHOD)
+    (result,) = body["results"]
+    assert set(result) == {"target", "predictions", "activations", "grid_png", "image"}
+    acts = result["activations"]
+    assert acts["layer"] == 0 and acts["layer_name"] == "pixels"
+    channels = np.frombuffer(base64.b64decode(acts["channels"]["b64"]), "<f4").reshape(acts["channels"]["shape"])
+    assert acts["channels"]["shape"] == [32, 32, 3] and acts["channels"]["dtype"] == "float32"
+    np.testing.assert_allclose(channels, np.broadcast_to([0.0, 0.0, 255.0], (32, 32, 3)), atol=1.0)
+    grid = np.frombuffer(base64.b64decode(acts["grid"]["b64"]), "<f4").reshape(acts["grid"]["shape"])
+    assert acts["grid"]["shape"] == [64, 64] and acts["grid"]["tiles"] == [2, 2]
+    np.testing.assert_allclose(grid[32:, :32], 1.0, atol=1 / 255)  # channel 2 (blue) at tile (1, 0)
+    assert not grid[:32].any()
+    picture = Image.open(io.BytesIO(base64.b64decode(result["grid_png"])))
+    assert picture.format == "PNG" and picture.size == (256, 256)  # 64 px grid, enlarged 4x
+    assert result["target"]["label"] == "blue"
+
+
+def test_activations_png_is_the_grid(client) -> None:
+    r = client.post("/v1/models/tiny:explain?format=png", **multipart(solid(GREEN), method="activations"))
+    assert r.status_code == 200 and r.mimetype == "image/png"
+    assert r.headers["X-Glimpse-Method"] == "activations"
+    assert r.headers["X-Glimpse-Layer"] == "1" and r.headers["X-Glimpse-Layer-Name"] == "pooled"
+    grid = np.asarray(Image.open(io.BytesIO(r.data)).convert("RGB"))
+    assert grid.shape == (256, 256, 3)  # the pooled layer's 32 px grid, enlarged 8x
+    assert not np.array_equal(grid[:128, 128:], grid[128:, 128:])  # green channel tile vs the empty fourth tile
+    r = client.post(
+        "/v1/models/tiny:explain", **multipart(solid(GREEN, (60, 40)), method="activations", format="grid")
+    )
+    sheet = Image.open(io.BytesIO(r.data))
+    assert r.status_code == 200 and sheet.size == (384 + 4 + 256, 256)  # original at the grid's height | grid
+
+
+def test_activations_bad_layer_is_a_400(client) -> None:
+    r = client.post("/v1/models/tiny:explain", **multipart(solid(RED), method="activations", layer=7))
+    assert r.status_code == 400 and "layer must be -1" in error_of(r)["message"]
+    r = client.post("/v1/models/tiny:explain", **multipart(solid(RED), method="activations", layer="top"))
+    assert r.status_code == 400 and "layer must be an integer" in error_of(r)["message"]
 
 
 def test_explain_batch_is_one_grpc_call(client, fake: FakeServing) -> None:

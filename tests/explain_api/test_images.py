@@ -175,6 +175,11 @@ def test_serving_png_shrinks_only_large_images(chelsea: np.ndarray, chelsea_png:
     same = Image.open(io.BytesIO(serving_png(decoded, (300, 300), factor=2.0)))
     assert same.size == (451, 300)
     assert np.array_equal(np.asarray(same), chelsea)
+    # 451 is just over 2 x 224 = 448: within the slack, the upload goes unchanged (no resize, no re-encode) ...
+    assert serving_png(decoded, (224, 224), factor=2.0) is chelsea_png
+    # ... while 1.25 x over the box or more is shrunk to the box.
+    shrunk = Image.open(io.BytesIO(serving_png(decoded, (170, 170), factor=2.0)))
+    assert shrunk.width == 340 and abs(shrunk.height - 340 * 300 / 451) <= 1
 
 
 def test_pad_box_matches_resize_with_pad_geometry() -> None:

@@ -200,7 +200,7 @@ def test_predict_batch_in_one_call(http, served: Served, photos: list[bytes]) ->
     assert _grpc_count(http, c.SIG_DEFAULT) == before + 1
 
 
-@pytest.mark.parametrize("name", c.EXPLAIN_METHODS)
+@pytest.mark.parametrize("name", c.ATTRIBUTION_METHODS)
 def test_every_method(http, served: Served, photos: list[bytes], name: str) -> None:
     detail = http.get(f"/v1/models/{served.name}").get_json()
     if name not in detail["methods"]:
@@ -228,6 +228,42 @@ def test_every_method(http, served: Served, photos: list[bytes], name: str) -> N
         assert overlay.size == Image.open(io.BytesIO(photo)).size
     if in_graph:
         assert _grpc_count(http, c.explain_signature(name)) == before + 1  # three images, one call
+
+
+def test_activations_through_the_real_stack(http, served: Served, photos: list[bytes]) -> None:
+    """explain_activations over gRPC from `glimpse serve`: the tiny model's three stage outputs, 3 images in one call;
+    the grid tiles exactly the raw channels the JSON carries; PNG answers name the layer."""
+    detail = http.get(f"/v1/models/{served.name}").get_json()
+    assert c.ACTIVATIONS_METHOD in detail["explain_signatures"]
+    shapes = {0: [64, 64, 16], 1: [32, 32, 32], 2: [16, 16, 32], -1: [16, 16, 32]}
+    for layer, shape in shapes.items():
+        before = _grpc_count(http, c.explain_signature(c.ACTIVATIONS_METHOD))
+        images = [{"b64": _b64(p)} for p in photos[:3]]
+        body = {"images": images, "method": "activations", "params": {"layer": layer}}
+        r = http.post(f"/v1/models/{served.name}:explain", json=body)
+        assert r.status_code == 200, r.get_json()
+        assert _grpc_count(http, c.explain_signature(c.ACTIVATIONS_METHOD)) == before + 1
+        for result in r.get_json()["results"]:
+            acts = result["activations"]
+            assert acts["layer"] == (2 if layer == -1 else layer) and acts["channels"]["shape"] == shape
+            channels = np.frombuffer(base64.b64decode(acts["channels"]["b64"]), "<f4").reshape(shape)
+            grid = np.frombuffer(base64.b64decode(acts["grid"]["b64"]), "<f4").reshape(acts["grid"]["shape"])
+            h, w, k = shape
+            n = acts["grid"]["tiles"][0]
+            assert acts["grid"]["shape"] == [n * h, n * w] and n * n >= k > (n - 1) * (n - 1)
+            low = channels.min() if n * n == k else min(channels.min(), 0.0)
+            last = k - 1  # the last channel's tile
+            tile = grid[(last // n) * h : (last // n + 1) * h, (last % n) * w : (last % n + 1) * w]
+            np.testing.assert_allclose(tile, (channels[..., last] - low) / (channels.max() - low), atol=1e-5)
+    r = http.post(f"/v1/models/{served.name}:explain?method=activations&layer=1&format=png", data=photos[2],
+                  content_type="image/jpeg")  # fmt: skip
+    assert r.status_code == 200 and r.mimetype == "image/png"
+    assert r.headers["X-Glimpse-Layer"] == "1" and r.headers["X-Glimpse-Layer-Name"] == "conv2"
+    assert Image.open(io.BytesIO(r.data)).size == (384, 384)  # the 6x6-tile 192 px grid, enlarged 2x
+    r = http.post(f"/v1/models/{served.name}:explain?method=activations&layer=3", data=photos[2],
+                  content_type="image/jpeg")  # fmt: skip
+    assert r.status_code == 400
+    assert "layer must be -1 (the Grad-CAM layer) or in [0, 2]" in r.get_json()["error"]["message"]
 
 
 def test_explain_a_chosen_class_and_png_answers(http, served: Served, photos: list[bytes], method: str) -> None:

@@ -65,6 +65,20 @@ def _b64(data: bytes) -> str:
         ),
         (
             "POST",
+            "/v1/models/tiny:explain",
+            "/v1/models/{name}:explain",
+            {"json": {"image": {"b64": _b64(solid((9, 9, 200)))}, "method": "activations", "params": {"layer": 0}}},
+            200,
+        ),
+        (
+            "POST",
+            "/v1/models/tiny:explain?method=activations&format=png",
+            "/v1/models/{name}:explain",
+            {"data": solid((1, 2, 3)), "content_type": "image/png"},
+            200,
+        ),
+        (
+            "POST",
             "/v1/models/tiny/versions/1:explain?format=grid",
             "/v1/models/{name}/versions/{version}:explain",
             {"data": solid((1, 2, 3)), "content_type": "image/png"},

@@ -33,7 +33,7 @@ def second(chelsea: np.ndarray) -> bytes:
 
 def test_page_session(make_app, photo: Path, second: bytes, tmp_path: Path) -> None:
     with serve_http(make_app()) as base, chromium() as browser:
-        _session(browser, base, photo, second, labels=3, methods_ok=6, tmp_path=tmp_path)
+        _session(browser, base, photo, second, labels=3, methods_ok=7, tmp_path=tmp_path)
 
 
 def test_page_with_a_blackbox_model(make_app, photo: Path, second: bytes, tmp_path: Path) -> None:

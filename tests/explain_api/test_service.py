@@ -185,6 +185,58 @@ def test_explain_for_a_chosen_label(fake: FakeServing) -> None:
     assert out.images[0].predictions[0].label == "red"
 
 
+def test_activations_are_cropped_per_image(fake: FakeServing) -> None:
+    images = [_image((255, 0, 0)), _image((0, 0, 200), (40, 40))]
+    spec = ExplainSpec(c.ACTIVATIONS_METHOD, {"layer": 0})
+    out = service.explain_images(fake, _catalog(fake), REF, images, spec, top_k=2, budget=2**22)
+    assert out.via == "signature" and out.params == {"layer": 0}
+    calls = fake.calls_of("Predict")
+    assert len(calls) == 1 and calls[0].batch == 2 and calls[0].signature == "explain_activations"
+    first, second = (item.activations for item in out.images)
+    assert first.layer == 0 and first.layer_name == "pixels" and out.images[0].heatmap is None
+    assert first.channels.shape == (32, 32, 3) and first.grid.shape == (64, 64)  # pixels: 2x2 tiles of 32x32
+    # a square blue image fills the input: channels (0, 0, 200) everywhere; channel 2 is tile (1, 0)
+    np.testing.assert_allclose(second.channels, np.broadcast_to([0.0, 0.0, 200.0], (32, 32, 3)), atol=1.0)
+    np.testing.assert_allclose(second.grid[32:, :32], 200.0 / 255.0, atol=1 / 255)
+    np.testing.assert_array_equal(second.grid[:32, :], 0.0)  # channels 0 and 1 are empty
+    np.testing.assert_array_equal(second.grid[32:, 32:], 0.0)  # no fourth channel: a zero tile
+    assert out.images[0].label == "red" and out.images[1].label == "blue"
+    default = service.explain_images(
+        fake, _catalog(fake), REF, images[:1], ExplainSpec(c.ACTIVATIONS_METHOD), top_k=1, budget=2**22
+    )
+    maps = default.images[0].activations
+    assert maps.layer == 1 and maps.layer_name == "pooled" and maps.channels.shape == (16, 16, 3)
+    assert maps.grid.shape == (32, 32)  # cropped from the padded 64x64
+
+
+def test_activations_with_inconsistent_shapes_are_502(fake: FakeServing, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = fake._activations
+
+    def broken(pixels, layers):
+        out = real(pixels, layers)
+        out[c.OUT_ACTIVATION_SHAPE] = out[c.OUT_ACTIVATION_SHAPE] * 4  # more values than were sent
+        return out
+
+    monkeypatch.setattr(fake, "_activations", broken)
+    err = _error(
+        service.explain_images,
+        fake,
+        _catalog(fake),
+        REF,
+        [_image((1, 2, 3))],
+        ExplainSpec(c.ACTIVATIONS_METHOD),
+        top_k=1,
+        budget=2**22,
+    )
+    assert err.status == 502 and "inconsistent activation shapes" in err.message
+
+
+def test_activations_layer_is_validated(fake: FakeServing) -> None:
+    assert service.validate_params(c.ACTIVATIONS_METHOD, {"layer": "2"}) == {"layer": 2}
+    assert _error(service.validate_params, c.ACTIVATIONS_METHOD, {"layer": -2}).status == 400
+    assert _error(service.validate_params, c.ACTIVATIONS_METHOD, {"layer": 1.5}).status == 400
+
+
 def test_gradient_methods_without_signatures_are_422() -> None:
     fake = FakeServing(methods=())
     err = _error(

@@ -9,11 +9,19 @@ import pytest
 import tensorflow as tf
 
 from glimpse_wire.contract import (
+    ACTIVATIONS_OUTPUTS,
+    ATTRIBUTION_METHODS,
     EXPLAIN_METHODS,
     METHOD_PARAMS,
+    OUT_ACTIVATION_SHAPE,
+    OUT_ACTIVATIONS,
     OUT_ATTRIBUTION,
     OUT_CLASS_INDEX,
+    OUT_GRID,
+    OUT_GRID_SHAPE,
     OUT_HEATMAP,
+    OUT_LAYER,
+    OUT_LAYER_NAME,
     OUT_PROBABILITIES,
     OUT_SCORE,
     explain_signature,
@@ -22,13 +30,16 @@ from training.explain_graph import (
     GREY_VALUE,
     ExplainerConfig,
     GraphExplainer,
+    activation_grid,
     gradcam_heatmap,
     gradcam_map,
+    grid_side,
     minmax_heatmap,
     occlusion_geometry,
     path_alphas,
     saliency_heatmap,
     smoothgrad_noise,
+    tile_channels,
 )
 
 SIZE = 16
@@ -163,11 +174,41 @@ def test_smoothgrad_noise_is_seeded_per_sample_and_scaled():
     np.testing.assert_allclose(a[0], 2.0 * unit, rtol=1e-6)
 
 
+def test_grid_side_is_the_ceiling_of_the_square_root():
+    assert [grid_side(k) for k in (1, 2, 4, 5, 9, 10, 16, 17, 32, 1280)] == [1, 2, 2, 3, 3, 4, 4, 5, 6, 36]
+    with pytest.raises(ValueError, match="at least one channel"):
+        grid_side(0)
+
+
+def test_tile_channels_lays_out_channels_row_major_with_zero_tiles():
+    # 5 channels of 1x2 -> a 3x3 grid of 1x2 tiles: channel k at tile (k // 3, k % 3), tiles 5..8 zero
+    acts = np.arange(1, 11, dtype=np.float32).reshape(1, 1, 2, 5)  # pixel (0, x), channel k = 1 + 5x + k
+    grid = tile_channels(tf.constant(acts)).numpy()
+    assert grid.shape == (1, 3, 6)
+    np.testing.assert_array_equal(grid[0], [[1, 6, 2, 7, 3, 8], [4, 9, 5, 10, 0, 0], [0, 0, 0, 0, 0, 0]])
+
+
+def test_activation_grid_normalises_each_image_over_its_whole_grid():
+    acts = np.zeros((3, 2, 2, 3), np.float32)  # 3 channels -> 2x2 tiles, one of them missing (zeros)
+    acts[0] = 2.0 + np.arange(12, dtype=np.float32).reshape(2, 2, 3)  # all > 0: the missing tile is the minimum
+    acts[1] = -1.0  # constant negative channels: grid -1 with a zero tile -> 0 and 1
+    acts[2] = 5.0
+    acts[2, 0, 0, 0] = 6.0
+    grid = activation_grid(tf.constant(acts)).numpy()
+    assert grid.shape == (3, 4, 4) and grid.min() == 0.0 and grid.max() == 1.0
+    np.testing.assert_allclose(grid[0, :2, :2], acts[0, ..., 0] / 13.0)
+    np.testing.assert_array_equal(grid[0, 2:, 2:], 0.0)
+    np.testing.assert_array_equal(grid[1, :2, :], 0.0)
+    np.testing.assert_array_equal(grid[1, 2:, 2:], 1.0)  # the zero tile is the maximum here
+    assert grid[2, 0, 0] == 1.0 and grid[2, 2, 2] == 0.0
+    np.testing.assert_allclose(grid[2, :2, 2:], 5.0 / 6.0)  # (5 - 0) / (6 - 0)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The methods
 
 
-@pytest.mark.parametrize("method", EXPLAIN_METHODS)
+@pytest.mark.parametrize("method", ATTRIBUTION_METHODS)
 def test_every_method_returns_the_contract_outputs(functions, images, model, method):
     out = _run(functions, method, images, [-1, 0, 2])
     assert set(out) == {OUT_HEATMAP, OUT_ATTRIBUTION, OUT_CLASS_INDEX, OUT_SCORE, OUT_PROBABILITIES}
@@ -183,7 +224,7 @@ def test_every_method_returns_the_contract_outputs(functions, images, model, met
 
 
 def test_attribution_shapes(functions, images):
-    shapes = {m: _run(functions, m, images[:2], [-1, -1])[OUT_ATTRIBUTION].shape for m in EXPLAIN_METHODS}
+    shapes = {m: _run(functions, m, images[:2], [-1, -1])[OUT_ATTRIBUTION].shape for m in ATTRIBUTION_METHODS}
     assert shapes == {
         "gradcam": (2, SIZE // 2, SIZE // 2),
         "occlusion": (2, SIZE, SIZE),
@@ -192,6 +233,67 @@ def test_attribution_shapes(functions, images):
         "smoothgrad": (2, SIZE, SIZE, 3),
         "integrated_gradients": (2, SIZE, SIZE, 3),
     }
+
+
+@pytest.fixture(scope="module")
+def two_layers(model: keras.Model) -> GraphExplainer:
+    """Activation layers c1 (16x16x6, grid 3x3 tiles) and c2, the Grad-CAM layer (8x8x8, grid 3x3 tiles)."""
+    return GraphExplainer(model, "c2", activation_layers=["c1"])
+
+
+def test_activations_layers_and_shapes(two_layers, explainer):
+    assert two_layers.activation_layers == ("c1", "c2")  # the Grad-CAM layer is added, last
+    assert two_layers.activation_shapes == ((16, 16, 6), (8, 8, 8))
+    assert two_layers.grid_shapes == ((48, 48), (24, 24))
+    assert explainer.activation_layers == ("c2",)  # default: just the Grad-CAM layer
+    assert two_layers.signature_methods == EXPLAIN_METHODS and two_layers.methods == ATTRIBUTION_METHODS
+
+
+def test_activations_are_the_layer_outputs_per_example(model, two_layers, images):
+    out = {k: v.numpy() for k, v in two_layers.activations(images, [-1, 1, 2], [-1, 0, 1]).items()}
+    assert set(out) == set(ACTIVATIONS_OUTPUTS)
+    assert out[OUT_LAYER].tolist() == [1, 0, 1]
+    assert out[OUT_LAYER_NAME].tolist() == [b"c2", b"c1", b"c2"]
+    assert out[OUT_GRID].shape == (3, 48, 48) and out[OUT_ACTIVATIONS].shape == (3, 16 * 16 * 6)
+    assert out[OUT_GRID_SHAPE].tolist() == [[24, 24], [48, 48], [24, 24]]
+    assert out[OUT_ACTIVATION_SHAPE].tolist() == [[8, 8, 8], [16, 16, 6], [8, 8, 8]]
+    probe = keras.Model(model.input, [model.get_layer("c1").output, model.get_layer("c2").output])
+    c1, c2 = (t.numpy() for t in probe(images))
+    for i, want in enumerate([c2[0], c1[1], c2[2]]):
+        size = want.size
+        np.testing.assert_allclose(out[OUT_ACTIVATIONS][i, :size].reshape(want.shape), want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(out[OUT_ACTIVATIONS][i, size:], 0.0)
+        rows, cols = out[OUT_GRID_SHAPE][i]
+        expected = activation_grid(tf.constant(want[None])).numpy()[0]
+        np.testing.assert_allclose(out[OUT_GRID][i, :rows, :cols], expected, atol=1e-6)
+        assert not out[OUT_GRID][i, rows:].any() and not out[OUT_GRID][i, :, cols:].any()
+    probabilities = model.predict(images, verbose=0)
+    np.testing.assert_allclose(out[OUT_PROBABILITIES], probabilities, rtol=1e-5, atol=1e-6)
+    assert out[OUT_CLASS_INDEX].tolist() == [int(probabilities[0].argmax()), 1, 2]
+    np.testing.assert_allclose(out[OUT_SCORE], probabilities[np.arange(3), out[OUT_CLASS_INDEX]], rtol=1e-5)
+
+
+def test_activations_batch_equals_each_image_alone(two_layers, images):
+    batched = two_layers.activations(images, [-1, -1, -1], [0, 1, -1])
+    for i, layer in enumerate([0, 1, -1]):
+        single = two_layers.activations(images[i : i + 1], [-1], [layer])
+        for key in (OUT_GRID, OUT_ACTIVATIONS, OUT_GRID_SHAPE, OUT_ACTIVATION_SHAPE):
+            np.testing.assert_allclose(batched[key][i], single[key][0], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def test_activations_layer_checks(model, two_layers, images):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"layer must be -1 \(the Grad-CAM layer\) or in \[0, 1\]"):
+        two_layers.activations(images[:1], [-1], [2])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="layer must be >= -1"):
+        two_layers.activations(images[:1], [-1], [-2])
+    with pytest.raises(ValueError, match="activation layer 'nope' is not a top-level layer"):
+        GraphExplainer(model, "c2", activation_layers=["nope"])
+    with pytest.raises(ValueError, match="activation layer 'probs' must have a 4-D output"):
+        GraphExplainer(model, "c2", activation_layers=["probs"])
+    # without a Grad-CAM layer, -1 is the last listed layer
+    only_c1 = GraphExplainer(model, None, activation_layers=["c1"])
+    assert only_c1.signature_methods[-1] == "activations" and "gradcam" not in only_c1.signature_methods
+    assert only_c1.activations(images[:1], [-1], [-1])[OUT_LAYER_NAME].numpy().tolist() == [b"c1"]
 
 
 def test_class_minus_one_equals_the_predicted_class(functions, images):
@@ -373,9 +475,12 @@ def test_model_checks(model):
 
 def test_without_gradcam_layer_the_other_methods_work(model, images):
     explainer = GraphExplainer(model, None)
-    assert "gradcam" not in explainer.methods and len(explainer.methods) == len(EXPLAIN_METHODS) - 1
+    assert "gradcam" not in explainer.methods and len(explainer.methods) == len(ATTRIBUTION_METHODS) - 1
+    assert explainer.signature_methods == explainer.methods and explainer.activation_layers == ()
     with pytest.raises(ValueError, match="no Grad-CAM layer"):
         explainer.gradcam(images, [0, 0, 0], True)
+    with pytest.raises(ValueError, match="no activation layer"):
+        explainer.activations(images, [0, 0, 0], -1)
     assert explainer.vanilla_gradients(images, [0, 0, 0])[OUT_HEATMAP].shape == (3, SIZE, SIZE)
 
 
@@ -426,7 +531,10 @@ def test_every_method_runs_in_a_graph_session_after_export(tmp_path, model, expl
             want = _run(functions, method, images, [-1, 0, 2])
             assert set(got) == set(want)
             for key in want:
-                np.testing.assert_allclose(got[key], want[key], rtol=1e-4, atol=1e-7, err_msg=f"{method}/{key}")
+                if want[key].dtype.kind in "OSU":  # layer_name
+                    np.testing.assert_array_equal(got[key], want[key], err_msg=f"{method}/{key}")
+                else:
+                    np.testing.assert_allclose(got[key], want[key], rtol=1e-4, atol=1e-7, err_msg=f"{method}/{key}")
         with pytest.raises(tf.errors.InvalidArgumentError, match="n_steps must be >= 1"):
             session.run(
                 explain_signature("integrated_gradients"),

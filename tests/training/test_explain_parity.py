@@ -3,8 +3,8 @@
 The model is the localization study's CNN trained on Tux Paint photos (training.localization); the images are
 skimage's chelsea and two of the study's held-out composites. Where tf-explain's entry points break under Keras 3
 we call its lower-level static functions with our model (each case says what broke); where Glimpse differs on
-purpose (ReLU in the Grad-CAM heatmap, SmoothGrad's sign, the (x - baseline) factor of integrated gradients) the
-test says so and compares the right thing.
+purpose (ReLU in the Grad-CAM heatmap, SmoothGrad's sign, the (x - baseline) factor of integrated gradients, one
+activation grid per image instead of one per batch) the test says so and compares the right thing.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from tf_explain.core.activations import ExtractActivations
 from tf_explain.core.grad_cam import GradCAM
 from tf_explain.core.gradients_inputs import GradientsInputs
 from tf_explain.core.integrated_gradients import IntegratedGradients
@@ -21,8 +22,18 @@ from tf_explain.core.occlusion_sensitivity import OcclusionSensitivity
 from tf_explain.core.smoothgrad import SmoothGrad
 from tf_explain.core.vanilla_gradients import VanillaGradients
 
-from glimpse_wire.contract import OUT_ATTRIBUTION, OUT_CLASS_INDEX, OUT_HEATMAP
-from training.explain_graph import GraphExplainer, smoothgrad_noise
+from glimpse_wire.contract import (
+    OUT_ACTIVATION_SHAPE,
+    OUT_ACTIVATIONS,
+    OUT_ATTRIBUTION,
+    OUT_CLASS_INDEX,
+    OUT_GRID,
+    OUT_GRID_SHAPE,
+    OUT_HEATMAP,
+    OUT_LAYER_NAME,
+)
+from training.explain_graph import GraphExplainer, grid_side, smoothgrad_noise
+from training.export import find_activation_layers
 from training.localization import GRADCAM_LAYER, QUICK_CONFIG, cached_localizer
 
 pytestmark = pytest.mark.slow
@@ -227,3 +238,62 @@ def test_integrated_gradients_match_tf_explain_times_input(model, explainer, ima
 def test_integrated_gradients_explain_entry_point_runs(model, images):
     grid = IntegratedGradients().explain((images[:1], None), model, 0, n_steps=3)
     assert grid.shape == images.shape[1:3] and grid.dtype == np.uint8
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Activations (tf-explain's ActivationsVisualization: ExtractActivations + utils.display.filter_display)
+
+
+@pytest.fixture(scope="module")
+def stages(model) -> GraphExplainer:
+    """Every stage output the exporter would list (the default four), the Grad-CAM layer last."""
+    return GraphExplainer(model, GRADCAM_LAYER, activation_layers=find_activation_layers(model, GRADCAM_LAYER))
+
+
+def _tf_explain_grid(model, images: np.ndarray, layer: str) -> np.ndarray:
+    """ExtractActivations.explain as is (it runs under Keras 3): the uint8 grid of ``layer`` for ``images``."""
+    return ExtractActivations().explain((images, None), model, [layer])
+
+
+def test_activation_layers_of_the_study_model(stages):
+    assert stages.activation_layers[-1] == GRADCAM_LAYER and 2 <= len(stages.activation_layers) <= 4
+    sizes = [shape[:2] for shape in stages.activation_shapes]
+    assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == len(sizes)  # one layer per resolution
+
+
+def test_activation_grid_of_one_image_is_tf_explains_grid(model, stages, images):
+    """Same tiling (channel k at tile (k // n, k % n), n = ceil(sqrt(K)), missing tiles zero) and the same min-max
+    over the whole grid: tf-explain's uint8 display is ours * 255 truncated, to one level (float rounding)."""
+    for i in range(len(images)):
+        for index, name in enumerate(stages.activation_layers):
+            out = stages.activations(images[i : i + 1], [-1], [index])
+            assert out[OUT_LAYER_NAME].numpy()[0].decode() == name
+            rows, cols = out[OUT_GRID_SHAPE].numpy()[0]
+            ours = out[OUT_GRID].numpy()[0, :rows, :cols]
+            theirs = _tf_explain_grid(model, images[i : i + 1], name)
+            assert theirs.shape == ours.shape, name
+            display = (np.clip(ours, 0, 1) * 255).astype(np.uint8)
+            diff = np.abs(display.astype(int) - theirs.astype(int))
+            assert diff.max() <= 1 and (diff == 0).mean() >= 0.99, (name, diff.max(), (diff == 0).mean())
+
+
+def test_activation_grid_of_a_batch_differs_on_purpose(model, stages, images):
+    """tf-explain tiles the channels of all B images into one grid (image-major) and normalises them together;
+    Glimpse returns one grid per image (the contract is per example). tf-explain's batch grid is our raw channels
+    laid out that way, scaled by the batch's joint min and max."""
+    out = stages.activations(images, [-1] * len(images), [-1] * len(images))
+    h, w, k = out[OUT_ACTIVATION_SHAPE].numpy()[0]
+    raw = out[OUT_ACTIVATIONS].numpy()[:, : h * w * k].reshape(len(images), h, w, k)
+    theirs = _tf_explain_grid(model, images, GRADCAM_LAYER)
+    n = grid_side(len(images) * k)
+    assert theirs.shape == (n * h, n * w)  # one grid for the batch, not len(images) of them
+    low = min(raw.min(), 0.0) if n * n > len(images) * k else raw.min()
+    high = raw.max()
+    for j in (0, k + 1, 2 * k + k - 1):  # image 0 channel 0, image 1 channel 1, image 2's last channel
+        image, channel = divmod(j, k)
+        tile = theirs[(j // n) * h : (j // n + 1) * h, (j % n) * w : (j % n + 1) * w]
+        expected = ((raw[image, ..., channel] - low) / (high - low) * 255).astype(np.uint8)
+        assert np.abs(tile.astype(int) - expected.astype(int)).max() <= 1, j
+    # ours: each image's own grid, equal to the image explained alone
+    alone = stages.activations(images[1:2], [-1], [-1])[OUT_GRID].numpy()[0]
+    np.testing.assert_allclose(out[OUT_GRID].numpy()[1], alone, atol=1e-6)

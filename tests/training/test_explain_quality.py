@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import pytest
 
-from glimpse_wire.contract import EXPLAIN_METHODS
+from glimpse_wire.contract import ATTRIBUTION_METHODS
 from training.localization import (
     GRADCAM_LAYER,
     QUICK_CONFIG,
@@ -138,11 +138,11 @@ def test_gradcam_points_at_the_object_and_every_method_beats_random_deletion():
         seed=QUICK_CONFIG.seed,
         params={"occlusion": {"patch_size": 24}},
     )
-    assert set(pointing) == set(EXPLAIN_METHODS)
+    assert set(pointing) == set(ATTRIBUTION_METHODS)
     assert pointing["gradcam"] >= 0.9, pointing
     top, left, bottom, right = test.boxes.T
     chance = float(((bottom - top) * (right - left)).mean()) / QUICK_CONFIG.image_size**2
-    for method in EXPLAIN_METHODS:
+    for method in ATTRIBUTION_METHODS:
         assert pointing[method] > chance + 0.3, (method, pointing[method], chance)
         assert deletion[method] < random_auc, (method, deletion[method], random_auc)
     # the two region methods remove the evidence much faster than a random order (about 0.55-0.6 x here)

@@ -19,6 +19,9 @@ from tensorflow.core.protobuf import saved_model_pb2
 import training.export as export_module
 from glimpse import __version__
 from glimpse_wire.contract import (
+    ACTIVATIONS_METHOD,
+    ACTIVATIONS_OUTPUTS,
+    ATTRIBUTION_METHODS,
     CLASSIFY_METHOD_NAME,
     CONTRACT_VERSION,
     EXAMPLE_IMAGE_KEY,
@@ -32,11 +35,17 @@ from glimpse_wire.contract import (
     LABELS_ASSET,
     METHOD_PARAMS,
     MODEL_CARD_ASSET,
+    OUT_ACTIVATION_SHAPE,
+    OUT_ACTIVATIONS,
     OUT_ATTRIBUTION,
     OUT_CLASS_INDEX,
     OUT_CLASSES,
+    OUT_GRID,
+    OUT_GRID_SHAPE,
     OUT_HEATMAP,
     OUT_LABEL,
+    OUT_LAYER,
+    OUT_LAYER_NAME,
     OUT_PROBABILITIES,
     OUT_SCORE,
     OUT_SCORES,
@@ -57,6 +66,7 @@ from training.export import (
     expected_signatures,
     export_classifier,
     export_keras_file,
+    find_activation_layers,
     find_gradcam_layer,
     next_version,
     write_examples_tfrecord,
@@ -120,9 +130,39 @@ def test_find_gradcam_layer_ignores_preprocessing_before_any_conv() -> None:
 
 def test_expected_signatures_without_gradcam() -> None:
     assert explain_signature("gradcam") in expected_signatures(True)
+    assert explain_signature(ACTIVATIONS_METHOD) in expected_signatures(True)
     without = expected_signatures(False)
-    assert explain_signature("gradcam") not in without
-    assert len(without) == 3 + len(EXPLAIN_METHODS) - 1
+    assert explain_signature("gradcam") not in without and explain_signature(ACTIVATIONS_METHOD) not in without
+    assert len(without) == 3 + len(EXPLAIN_METHODS) - 2
+    # a model without a Grad-CAM layer may still be given activation layers explicitly
+    assert expected_signatures(False, activations=True) == (*without, explain_signature(ACTIVATIONS_METHOD))
+
+
+def test_find_activation_layers_keeps_the_last_layer_of_each_stage() -> None:
+    # tiny CNN: conv1 64x64 | pool1, conv2 32x32 | pool2, last_conv 16x16
+    assert find_activation_layers(build_tiny_cnn(), "last_conv") == ("conv1", "conv2", "last_conv")
+    assert find_activation_layers(build_tiny_cnn(), "last_conv", max_layers=2) == ("conv2", "last_conv")
+    assert find_activation_layers(build_tiny_cnn(), "last_conv", max_layers=1) == ("last_conv",)
+    # layers after the Grad-CAM layer never count; no Grad-CAM layer, no list
+    assert find_activation_layers(build_tiny_cnn(), "conv2") == ("conv1", "conv2")
+    assert find_activation_layers(build_tiny_cnn(), None) == ()
+
+
+def test_find_activation_layers_takes_a_residual_stage_output_not_the_next_blocks_expansion() -> None:
+    """MobileNetV2/EfficientNet: a block's expansion runs at the old resolution before its strided depthwise conv, so
+    the stage output is the last layer after the last merge that keeps the merge's channels (ResNet: add, relu)."""
+    conv = keras.layers.Conv2D
+    inputs = keras.Input((16, 16, 3))
+    x0 = conv(8, 3, padding="same", name="stem")(keras.layers.Rescaling(1 / 255)(inputs))
+    x = keras.layers.Add(name="s1_add")([x0, conv(8, 3, padding="same", name="s1_conv")(x0)])
+    x = keras.layers.Activation("relu", name="s1_out")(x)
+    x = conv(16, 1, name="s2_expand")(x)  # 16x16, but the next block's
+    x = keras.layers.ZeroPadding2D(1, name="s2_pad")(x)  # 18x18: padding is no stage
+    x = conv(16, 3, strides=2, name="s2_down")(x)  # 8x8
+    x = conv(8, 3, padding="same", name="last")(x)
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(x)))
+    assert find_activation_layers(model, "last") == ("s1_out", "last")
+    assert find_activation_layers(model, "last", max_layers=0) == ()
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -148,6 +188,8 @@ def small_model() -> keras.Model:
         ({"channels": 4}, "channels must be 1 or 3"),
         ({"gradcam_layer": "nope"}, "'nope' is not a top-level layer"),
         ({"gradcam_layer": "head"}, "does not have a 4-D output"),
+        ({"activation_layers": ["nope"]}, "activation layer 'nope' is not a top-level layer"),
+        ({"activation_layers": ["head"]}, "activation layer 'head' does not have a 4-D output"),
         ({"preprocessing": ""}, "preprocessing must name"),
         ({"name": "a/b"}, "model name must be"),
         ({"card": {"labels": ["x"]}}, "written by the exporter itself"),
@@ -233,7 +275,7 @@ def test_signature_aliases_dtypes_and_batch_dimension(exported_model: ExportedMo
             {OUT_CLASSES: (_STRING, [-1, 3]), OUT_SCORES: (_FLOAT, [-1, 3])},
         ),
     }
-    for method in EXPLAIN_METHODS:
+    for method in ATTRIBUTION_METHODS:
         inputs = {IN_IMAGE_BYTES: (_STRING, [-1]), IN_CLASS_INDEX: (_INT32, [-1])}
         inputs.update({p.name: (_PARAM_DTYPES[p.dtype], [-1]) for p in METHOD_PARAMS[method]})
         expected[explain_signature(method)] = (
@@ -245,14 +287,32 @@ def test_signature_aliases_dtypes_and_batch_dimension(exported_model: ExportedMo
                 OUT_PROBABILITIES: (_FLOAT, [-1, 3]),
             },
         )
+    # activations: conv1 64x64x16 (grid 4x4 tiles = 256x256), conv2 32x32x32, last_conv 16x16x32 (6x6 tiles);
+    # padded to the largest grid and the largest layer
+    expected[explain_signature(ACTIVATIONS_METHOD)] = (
+        {IN_IMAGE_BYTES: (_STRING, [-1]), IN_CLASS_INDEX: (_INT32, [-1]), "layer": (_INT32, [-1])},
+        {
+            OUT_GRID: (_FLOAT, [-1, 256, 256]),
+            OUT_GRID_SHAPE: (_INT32, [-1, 2]),
+            OUT_ACTIVATIONS: (_FLOAT, [-1, 64 * 64 * 16]),
+            OUT_ACTIVATION_SHAPE: (_INT32, [-1, 3]),
+            OUT_LAYER: (_INT32, [-1]),
+            OUT_LAYER_NAME: (_STRING, [-1]),
+            OUT_CLASS_INDEX: (_INT32, [-1]),
+            OUT_SCORE: (_FLOAT, [-1]),
+            OUT_PROBABILITIES: (_FLOAT, [-1, 3]),
+        },
+    )
+    assert set(expected) == set(defs)
     for key, (inputs, outputs) in expected.items():
         sig = defs[key]
         assert {a: (v.dtype, _shape(v)) for a, v in sig.inputs.items()} == inputs, key
         got = {a: (v.dtype, _shape(v)) for a, v in sig.outputs.items() if a != OUT_ATTRIBUTION}
         assert got == outputs, key
-        if key.startswith("explain_"):
+        if key.startswith("explain_") and key != explain_signature(ACTIVATIONS_METHOD):
             attribution = sig.outputs[OUT_ATTRIBUTION]
             assert attribution.dtype == _FLOAT and _shape(attribution)[0] == -1, key
+    assert set(defs[explain_signature(ACTIVATIONS_METHOD)].outputs) == set(ACTIVATIONS_OUTPUTS)
 
 
 @pytest.mark.slow
@@ -263,6 +323,11 @@ def test_labels_asset_and_model_card(exported_model: ExportedModel, tiny_model: 
     assert card["labels"] == tiny_model.class_names
     assert card["input"] == {"height": TINY_SIZE, "width": TINY_SIZE, "channels": 3, "preprocessing": "scale_0_1"}
     assert card["gradcam_layer"] == "last_conv"
+    assert card["activation_layers"] == [
+        {"index": 0, "name": "conv1", "shape": [64, 64, 16], "grid": [256, 256]},
+        {"index": 1, "name": "conv2", "shape": [32, 32, 32], "grid": [192, 192]},
+        {"index": 2, "name": "last_conv", "shape": [16, 16, 32], "grid": [96, 96]},
+    ]
     assert card["signatures"] == list(expected_signatures(True))
     assert card["explain_methods"] == list(EXPLAIN_METHODS)
     assert card["glimpse_version"] == __version__
@@ -563,7 +628,8 @@ def test_export_keras_file_h5_without_conv_exports_without_gradcam(mlp_export: _
     card = json.loads((version_dir / MODEL_CARD_ASSET).read_text())
     assert card["gradcam_layer"] is None
     assert card["labels"] == ["class_0", "class_1"]
-    assert "explain_gradcam is not exported" in card["notes"][0]
+    assert "explain_gradcam and explain_activations are not exported" in card["notes"][0]
+    assert card["activation_layers"] == []
     assert sorted(_signature_defs(version_dir)) == sorted(expected_signatures(False))
     image = np.full((8, 8, 3), 200, dtype=np.uint8)
     with load_session_model(version_dir) as session:

@@ -15,19 +15,26 @@ import tensorflow as tf
 from PIL import Image
 
 from glimpse_wire.contract import (
+    ACTIVATIONS_METHOD,
+    ATTRIBUTION_METHODS,
     CLASSIFY_METHOD_NAME,
     EXAMPLE_IMAGE_KEY,
-    EXPLAIN_METHODS,
     IN_CLASS_INDEX,
     IN_EXAMPLES,
     IN_IMAGE_BYTES,
     IN_IMAGES,
     METHOD_PARAMS,
+    OUT_ACTIVATION_SHAPE,
+    OUT_ACTIVATIONS,
     OUT_ATTRIBUTION,
     OUT_CLASS_INDEX,
     OUT_CLASSES,
+    OUT_GRID,
+    OUT_GRID_SHAPE,
     OUT_HEATMAP,
     OUT_LABEL,
+    OUT_LAYER,
+    OUT_LAYER_NAME,
     OUT_PROBABILITIES,
     OUT_SCORE,
     OUT_SCORES,
@@ -167,7 +174,7 @@ def test_classification_rejects_an_example_without_image(session: SessionModel) 
 # explanations
 
 
-@pytest.mark.parametrize("method", EXPLAIN_METHODS)
+@pytest.mark.parametrize("method", ATTRIBUTION_METHODS)
 def test_explain_signature_shapes_and_ranges(session: SessionModel, tiny_model: TinyModel, method: str) -> None:
     images = [tiny_model.encoded[0], tiny_model.encoded[20], tiny_model.encoded[40]]
     out = session.run(explain_signature(method), _explain_inputs(method, images, [-1, 0, 2]))
@@ -196,6 +203,50 @@ def test_explain_predicted_class_equals_explicit_class(
     np.testing.assert_allclose(out[OUT_HEATMAP][0], out[OUT_HEATMAP][1], atol=1e-6)
     np.testing.assert_allclose(out[OUT_ATTRIBUTION][0], out[OUT_ATTRIBUTION][1], atol=1e-6)
     assert not np.allclose(out[OUT_ATTRIBUTION][0], out[OUT_ATTRIBUTION][2])
+
+
+def test_explain_activations_are_the_keras_layer_outputs(session: SessionModel, tiny_model: TinyModel) -> None:
+    """Each image picks its own layer (-1 = the Grad-CAM layer); the raw channels are the Keras layer's output and
+    the grid tiles exactly those values."""
+    import keras
+
+    images = [tiny_model.encoded[0], tiny_model.encoded[20], tiny_model.encoded[40], tiny_model.encoded[5]]
+    inputs = _explain_inputs(ACTIVATIONS_METHOD, images, [-1, 0, -1, 2])
+    inputs["layer"] = np.array([-1, 0, 1, 2], dtype=np.int32)
+    out = session.run(explain_signature(ACTIVATIONS_METHOD), inputs)
+    names = ["conv1", "conv2", "last_conv"]
+    assert [n.decode() for n in out[OUT_LAYER_NAME]] == ["last_conv", "conv1", "conv2", "last_conv"]
+    assert out[OUT_LAYER].tolist() == [2, 0, 1, 2]
+    assert out[OUT_GRID].shape == (4, 256, 256) and out[OUT_ACTIVATIONS].shape == (4, 64 * 64 * 16)
+    pixels = tiny_model.images[[0, 20, 40, 5]].astype(np.float32)
+    probe = keras.Model(tiny_model.model.input, [tiny_model.model.get_layer(n).output for n in names])
+    expected = [np.asarray(t) for t in probe(pixels)]
+    for i, layer in enumerate(out[OUT_LAYER]):
+        want = expected[layer][i]
+        h, w, k = out[OUT_ACTIVATION_SHAPE][i]
+        assert (h, w, k) == want.shape
+        got = out[OUT_ACTIVATIONS][i]
+        np.testing.assert_allclose(got[: h * w * k].reshape(h, w, k), want, rtol=1e-4, atol=1e-5)
+        np.testing.assert_array_equal(got[h * w * k :], 0.0)
+        rows, cols = out[OUT_GRID_SHAPE][i]
+        n = int(np.ceil(np.sqrt(k)))
+        assert (rows, cols) == (n * h, n * w)
+        grid = out[OUT_GRID][i]
+        assert grid[:rows, :cols].min() == 0.0 and grid[:rows, :cols].max() == pytest.approx(1.0)
+        np.testing.assert_array_equal(grid[rows:], 0.0)
+        np.testing.assert_array_equal(grid[:, cols:], 0.0)
+        # tile (0, 1) is channel 1, min-max scaled with the whole grid
+        low = want.min() if n * n == k else min(want.min(), 0.0)  # missing tiles are zeros in the grid
+        scaled = (want[..., 1] - low) / (want.max() - low)
+        np.testing.assert_allclose(grid[:h, w : 2 * w], scaled, atol=1e-5)
+    probabilities = _keras(tiny_model, pixels)
+    assert out[OUT_CLASS_INDEX].tolist() == [int(np.argmax(probabilities[0])), 0, int(np.argmax(probabilities[2])), 2]
+    np.testing.assert_allclose(out[OUT_PROBABILITIES], probabilities, atol=1e-5)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"layer must be -1 \(the Grad-CAM layer\) or in \[0, 2\]"):
+        session.run(
+            explain_signature(ACTIVATIONS_METHOD),
+            {**_explain_inputs(ACTIVATIONS_METHOD, images[:1], [-1]), "layer": np.array([3], dtype=np.int32)},
+        )
 
 
 def test_explain_rejects_a_class_index_out_of_range(session: SessionModel, tiny_model: TinyModel) -> None:
