@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -41,6 +41,8 @@ __all__ = [
     "LocalizationSet",
     "QualityReport",
     "load_cutouts",
+    "split_photos",
+    "BackgroundFn",
     "make_localization_set",
     "build_localizer",
     "build_lite0_localizer",
@@ -70,6 +72,9 @@ CLASS_DIRS: dict[str, str] = {
 GRADCAM_LAYER = "last_conv"
 BACKBONES = ("lite0", "scratch")
 _GREY = 127.5
+
+# (label, index of the composite within its class) -> float background [S,S,3] in 0-255 (see make_localization_set)
+BackgroundFn = Callable[[int, int], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -118,12 +123,14 @@ QUICK_CONFIG = LocalizationConfig(train_per_class=100, test_per_class=10)
 
 @dataclass(frozen=True)
 class LocalizationSet:
-    """images uint8 [N,S,S,3]; labels int [N]; boxes int [N,4] as (top, left, bottom, right), bottom/right exclusive."""
+    """images uint8 [N,S,S,3]; labels int [N]; boxes int [N,4] as (top, left, bottom, right), bottom/right exclusive;
+    index_in_class int [N]: k of each image, the composite's number within its class (the ``k`` of ``backgrounds``)."""
 
     images: np.ndarray
     labels: np.ndarray
     boxes: np.ndarray
     class_names: tuple[str, ...]
+    index_in_class: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -174,9 +181,10 @@ def load_cutouts(
     return out
 
 
-def _split_photos(
+def split_photos(
     cutouts: dict[str, list[tuple[str, np.ndarray]]], fraction: float, seed: int
 ) -> tuple[dict[str, list[np.ndarray]], dict[str, list[np.ndarray]]]:
+    """Per class, a seeded ``fraction`` of the photos (at least one) for test, the rest for train (disjoint)."""
     rng = np.random.default_rng(seed)
     train, test = {}, {}
     for name, photos in cutouts.items():
@@ -187,8 +195,16 @@ def _split_photos(
     return train, test
 
 
-def _compose(photo: np.ndarray, size: int, rng: np.random.Generator, scale: tuple[float, float]) -> tuple:
-    """Paste one cut-out onto a noisy neutral background; returns (uint8 image, tight box of opaque pixels)."""
+def _compose(
+    photo: np.ndarray,
+    size: int,
+    rng: np.random.Generator,
+    scale: tuple[float, float],
+    background: np.ndarray | None = None,
+) -> tuple:
+    """Paste one cut-out onto ``background`` (float [S,S,3], 0-255) or, when None, a noisy neutral one drawn from
+    ``rng``; returns (uint8 image, tight box of opaque pixels). A given background draws nothing from ``rng``, so
+    the same seed places the cut-outs identically whatever the backgrounds."""
     from PIL import Image
 
     longest = max(2, round(rng.uniform(*scale) * size))
@@ -200,11 +216,14 @@ def _compose(photo: np.ndarray, size: int, rng: np.random.Generator, scale: tupl
         pasted = pasted[:, ::-1]
     top = int(rng.integers(0, size - new_h + 1))
     left = int(rng.integers(0, size - new_w + 1))
-    level = rng.uniform(100.0, 160.0)
-    sigma = rng.uniform(4.0, 20.0)
-    background = level + rng.normal(0.0, sigma, (size, size, 1)) + rng.normal(0.0, 4.0, (size, size, 3))
+    if background is None:
+        level = rng.uniform(100.0, 160.0)
+        sigma = rng.uniform(4.0, 20.0)
+        background = level + rng.normal(0.0, sigma, (size, size, 1)) + rng.normal(0.0, 4.0, (size, size, 3))
+    elif background.shape != (size, size, 3):
+        raise ValueError(f"background must have shape {(size, size, 3)}, got {background.shape}")
     alpha = pasted[..., 3:] / 255.0
-    image = background.copy()
+    image = np.asarray(background, np.float64).copy()
     region = image[top : top + new_h, left : left + new_w]
     image[top : top + new_h, left : left + new_w] = alpha * pasted[..., :3] + (1.0 - alpha) * region
     opaque = np.argwhere(alpha[..., 0] > 0.5)
@@ -219,23 +238,32 @@ def make_localization_set(
     image_size: int,
     seed: int,
     scale: tuple[float, float] = (0.35, 0.6),
+    backgrounds: BackgroundFn | None = None,
 ) -> LocalizationSet:
-    """``per_class`` composites per class, cycling through that class's photos in a seeded order."""
+    """``per_class`` composites per class, cycling through that class's photos in a seeded order.
+
+    ``backgrounds(label, k)`` gives the background of the k-th composite of class ``label`` (default: seeded
+    neutral grey noise). Placements depend only on ``seed``, so two calls with the same seed and different
+    ``backgrounds`` put the same cut-outs at the same places.
+    """
     rng = np.random.default_rng(seed)
-    images, labels, boxes = [], [], []
+    images, labels, boxes, ks = [], [], [], []
     for label, (_, pool) in enumerate(photos.items()):
         order = rng.permutation(len(pool))
         for k in range(per_class):
-            image, box = _compose(pool[order[k % len(pool)]], image_size, rng, scale)
+            background = None if backgrounds is None else backgrounds(label, k)
+            image, box = _compose(pool[order[k % len(pool)]], image_size, rng, scale, background)
             images.append(image)
             labels.append(label)
             boxes.append(box)
+            ks.append(k)
     shuffle = rng.permutation(len(images))
     return LocalizationSet(
         images=np.stack(images)[shuffle],
         labels=np.asarray(labels, np.int32)[shuffle],
         boxes=np.asarray(boxes, np.int32)[shuffle],
         class_names=tuple(photos),
+        index_in_class=np.asarray(ks, np.int32)[shuffle],
     )
 
 
@@ -320,7 +348,7 @@ def train_localizer(
 
     keras.utils.set_random_seed(config.seed)
     cutouts = load_cutouts(config.classes, config.stamps_dir)
-    train_photos, test_photos = _split_photos(cutouts, config.test_photo_fraction, config.seed)
+    train_photos, test_photos = split_photos(cutouts, config.test_photo_fraction, config.seed)
     scale = (config.min_scale, config.max_scale)
     train = make_localization_set(train_photos, config.train_per_class, config.image_size, config.seed + 1, scale)
     test = make_localization_set(test_photos, config.test_per_class, config.image_size, config.seed + 2, scale)
