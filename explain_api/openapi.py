@@ -175,7 +175,7 @@ def _schemas() -> dict[str, Any]:
                     "type": "array",
                     "items": {
                         "type": "object",
-                        "description": "heatmap and overlay_png for the class-attribution methods; activations and "
+                        "description": "heatmap and overlay_jpeg for the class-attribution methods; activations and "
                         "grid_png for method activations.",
                         "required": ["target", "predictions", "image"],
                         "properties": {
@@ -199,7 +199,7 @@ def _schemas() -> dict[str, Any]:
                                     "content_box": {"type": "object"},
                                 },
                             },
-                            "overlay_png": {"type": "string", "format": "byte"},
+                            "overlay_jpeg": {"type": "string", "format": "byte"},
                             "activations": {
                                 "type": "object",
                                 "required": ["layer", "layer_name", "channels", "grid"],

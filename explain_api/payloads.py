@@ -10,7 +10,7 @@ from urllib.parse import quote
 import numpy as np
 
 from explain_api import render
-from explain_api.images import DecodedImage, encode_png, pad_box
+from explain_api.images import DecodedImage, encode_jpeg, encode_png, pad_box
 from explain_api.service import ActivationMaps, ExplainOutcome, ImageExplanation, Prediction, PredictOutcome
 
 __all__ = ["explain_json", "explanation_png", "model_json", "png_headers", "predict_json", "prediction_json"]
@@ -68,23 +68,28 @@ def _heatmap_json(item: ImageExplanation, image: DecodedImage, size: tuple[int, 
     }
 
 
-def explanation_png(item: ImageExplanation, image: DecodedImage, *, colormap: str, kind: str = "overlay") -> bytes:
-    """The overlay (or the original | heatmap | overlay grid) of one explained image, as PNG. For activations: the
-    channel grid (or the original | channel grid)."""
+def explanation_picture(item: ImageExplanation, image: DecodedImage, *, colormap: str, kind: str = "overlay") -> Any:
+    """The overlay (or the original | heatmap | overlay grid) of one explained image as ``uint8`` [H,W,3]. For
+    activations: the channel grid (or the original | channel grid)."""
     if item.activations is not None:
         grid = item.activations.grid
         if kind == "grid":
-            picture = render.activation_sheet(image.rgb, grid, colormap=colormap)
-        else:
-            picture = render.activation_image(grid, colormap=colormap)
-        return encode_png(picture, compress_level=1)
+            return render.activation_sheet(image.rgb, grid, colormap=colormap)
+        return render.activation_image(grid, colormap=colormap)
     if item.heatmap is None:
         raise ValueError("an explanation without a heatmap or activations cannot be drawn")
     if kind == "grid":
-        picture = render.grid(image.rgb, item.heatmap, colormap=colormap)
-    else:
-        picture = render.overlay(image.rgb, item.heatmap, colormap=colormap)
-    return encode_png(picture, compress_level=1)
+        return render.grid(image.rgb, item.heatmap, colormap=colormap)
+    return render.overlay(image.rgb, item.heatmap, colormap=colormap)
+
+
+def explanation_png(item: ImageExplanation, image: DecodedImage, *, colormap: str, kind: str = "overlay") -> bytes:
+    """:func:`explanation_picture` as PNG (the ``format=png`` and ``format=grid`` answers)."""
+    return encode_png(explanation_picture(item, image, colormap=colormap, kind=kind), compress_level=1)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
 
 
 def png_headers(item: ImageExplanation) -> dict[str, str]:
@@ -106,15 +111,16 @@ def explain_json(
 ) -> dict[str, Any]:
     results = []
     for item, image in zip(outcome.images, images, strict=True):
-        picture = base64.b64encode(explanation_png(item, image, colormap=colormap)).decode("ascii")
         entry: dict[str, Any] = {
             "target": {"class_index": item.class_index, "label": item.label, "score": round(item.score, 6)},
             "predictions": [prediction_json(p) for p in item.predictions],
         }
         if item.activations is not None:
-            entry.update({"activations": _activations_json(item.activations), "grid_png": picture})
+            grid = explanation_png(item, image, colormap=colormap)  # small, and its pixels are exact: PNG
+            entry.update({"activations": _activations_json(item.activations), "grid_png": _b64(grid)})
         else:
-            entry.update({"heatmap": _heatmap_json(item, image, heatmap_size), "overlay_png": picture})
+            overlay = encode_jpeg(explanation_picture(item, image, colormap=colormap))  # a preview: JPEG
+            entry.update({"heatmap": _heatmap_json(item, image, heatmap_size), "overlay_jpeg": _b64(overlay)})
         entry["image"] = {"width": image.width, "height": image.height, "format": image.format}
         results.append(entry)
     return {

@@ -174,13 +174,13 @@ async function explainCurrent() {
       link.textContent = "Download channel grid PNG";
       link.download = `${state.model}-${method}-${acts.layer_name}.png`;
     } else {
-      url = `data:image/png;base64,${result.overlay_png}`;
+      url = `data:image/jpeg;base64,${result.overlay_jpeg}`;
       img.alt = "explanation overlay";
       img.classList.remove("pixelated");
       $("overlay").querySelector("figcaption").textContent =
         `${method} for "${result.target.label}" (${(result.target.score * 100).toFixed(1)}%), ${model}`;
-      link.textContent = "Download overlay PNG";
-      link.download = `${state.model}-${method}-overlay.png`;
+      link.textContent = "Download overlay JPEG";
+      link.download = `${state.model}-${method}-overlay.jpg`;
     }
     img.src = url;
     $("overlay-title").textContent = `Explanation: ${method}`;
@@ -237,11 +237,11 @@ async function compareAll() {
         const result = explanation.results[0];
         const img = document.createElement("img");
         img.alt = `${method} overlay`;
-        img.src = `data:image/png;base64,${result.overlay_png}`;
+        img.src = `data:image/jpeg;base64,${result.overlay_jpeg}`;
         const link = document.createElement("a");
         link.href = img.src;
-        link.download = `${state.model}-${method}-overlay.png`;
-        link.textContent = "Download PNG";
+        link.download = `${state.model}-${method}-overlay.jpg`;
+        link.textContent = "Download JPEG";
         caption.textContent = `${method}: ${result.target.label}`;
         card.prepend(img);
         card.append(link);

@@ -96,7 +96,7 @@ def run_page_session(
     natural = page.eval_on_selector("#overlay img", "img => [img.naturalWidth, img.naturalHeight]")
     assert natural == [width, height]
     href = page.get_attribute("#download-overlay", "href")
-    assert href.startswith("data:image/png;base64,")
+    assert href.startswith("data:image/jpeg;base64,")
 
     # Download the original | heatmap | overlay grid.
     with page.expect_download() as info:

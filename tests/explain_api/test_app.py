@@ -204,8 +204,8 @@ def test_explain_json_response_shape(client, chelsea_png: bytes) -> None:
         "height": box.height,
         "width": box.width,
     }
-    overlay = Image.open(io.BytesIO(base64.b64decode(result["overlay_png"])))
-    assert overlay.format == "PNG" and overlay.size == (451, 300)  # the original's size, not the model's
+    overlay = Image.open(io.BytesIO(base64.b64decode(result["overlay_jpeg"])))
+    assert overlay.format == "JPEG" and overlay.size == (451, 300)  # the original's size, not the model's
     assert result["image"] == {"width": 451, "height": 300, "format": "PNG"}
 
 

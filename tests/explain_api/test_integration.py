@@ -224,7 +224,7 @@ def test_every_method(http, served: Served, photos: list[bytes], name: str) -> N
         assert heat.shape == (info["height"], info["width"]) and heat.min() >= 0 and heat.max() <= 1
         assert result["target"]["label"] in served.class_names
         assert result["target"]["class_index"] == result["predictions"][0]["class_index"]  # default: predicted
-        overlay = Image.open(io.BytesIO(base64.b64decode(result["overlay_png"])))
+        overlay = Image.open(io.BytesIO(base64.b64decode(result["overlay_jpeg"])))
         assert overlay.size == Image.open(io.BytesIO(photo)).size
     if in_graph:
         assert _grpc_count(http, c.explain_signature(name)) == before + 1  # three images, one call
