@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from training.data import TUXPAINT_CLASSES, TUXPAINT_ROOT
+
 if TYPE_CHECKING:
     import keras
 
@@ -59,15 +61,10 @@ __all__ = [
     "main",
 ]
 
-STAMPS_DIR = Path("/usr/share/tuxpaint/stamps")
-# class name -> folder under STAMPS_DIR (the six largest Tux Paint classes; OFFLINE.md has the counts)
+STAMPS_DIR = TUXPAINT_ROOT
+# class name -> folder under STAMPS_DIR: the six largest Tux Paint classes (OFFLINE.md has the counts)
 CLASS_DIRS: dict[str, str] = {
-    "mammal": "animals/mammals",
-    "bird": "animals/birds",
-    "fruit": "food/fruit",
-    "flower": "plants/flowers",
-    "vehicle": "vehicles",
-    "vegetable": "food/vegetables",
+    name: TUXPAINT_CLASSES[name] for name in ("mammal", "bird", "fruit", "flower", "vehicle", "vegetable")
 }
 GRADCAM_LAYER = "last_conv"
 BACKBONES = ("lite0", "scratch")

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from training.data import AUGMENTATIONS
-from training.train import OPTIMIZERS, make_optimizer
+from training.train import OPTIMIZERS, epoch_timer, make_optimizer
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras
@@ -564,24 +564,6 @@ class RunResult:
         return float(np.mean(later)) if later else 0.0
 
 
-def _epoch_timer() -> Any:
-    import keras
-
-    class EpochTimer(keras.callbacks.Callback):
-        def __init__(self) -> None:
-            super().__init__()
-            self.seconds: list[float] = []
-            self._start = 0.0
-
-        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-            self._start = time.perf_counter()
-
-        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-            self.seconds.append(time.perf_counter() - self._start)
-
-    return EpochTimer()
-
-
 def _write_hparams(run_dir: Path, params: RunParams, metrics: Mapping[str, float], trial_id: str) -> None:
     import tensorflow as tf
     from tensorboard.plugins.hparams import api as hp
@@ -654,7 +636,7 @@ def fit_classifier(
     )
     val_ds = array_dataset(data.x_val, data.y_val, max(params.batch_size, 64))
     test_ds = array_dataset(data.x_test, data.y_test, max(params.batch_size, 64))
-    timer = _epoch_timer()
+    timer = epoch_timer()
     callbacks: list[Any] = [
         timer,
         keras.callbacks.EarlyStopping(

@@ -24,6 +24,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "default_image_size",
+    "epoch_timer",
     "make_optimizer",
     "pipeline_benchmark",
     "run_pipeline_benchmarks",
@@ -177,7 +178,8 @@ def make_optimizer(name: str, lr: Any) -> Any:
     return factories[name]()
 
 
-def _epoch_timer() -> Any:
+def epoch_timer() -> Any:
+    """A Keras callback whose ``seconds`` lists each epoch's wall time."""
     import keras
 
     class EpochTimer(keras.callbacks.Callback):
@@ -251,7 +253,7 @@ def _train(config: TrainConfig, *, export: bool, callbacks: Sequence[Any], verbo
 
     run_dir = _unique_run_dir(config.logdir, f"{config.model_name}-{config.model}")
     _log_run_start(run_dir, splits, config)
-    timer = _epoch_timer()
+    timer = epoch_timer()
     fit_callbacks = [
         keras.callbacks.EarlyStopping(monitor="val_accuracy", min_delta=1e-4, patience=config.patience,
                                       restore_best_weights=True),
