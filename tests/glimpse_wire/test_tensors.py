@@ -93,6 +93,43 @@ def test_numeric_typed_fields_are_read(arr: np.ndarray) -> None:
 
 
 @FAST
+@given(hnp.arrays(st.sampled_from([np.float32, np.float64]), st.sampled_from([(600,), (3, 512), (1, 32, 32, 1)]),
+                  elements=st.floats(allow_nan=True, allow_infinity=True, width=32)))
+def test_large_float_fields_read_from_the_wire_bytes(arr: np.ndarray) -> None:
+    # TF Serving answers with float_val; large fields are read from their packed bytes, bit for bit.
+    dt = NUMERIC[arr.dtype.type]
+    proto = _wire(_typed(arr, dt))
+    out = to_numpy(proto)
+    assert out.dtype == arr.dtype and out.shape == arr.shape and out.flags.writeable
+    np.testing.assert_array_equal(out.view(f"u{arr.itemsize}"), arr.view(f"u{arr.itemsize}"))
+
+
+def _field_bytes(number: int, wire: int, payload: bytes) -> bytes:
+    def varint(n: int) -> bytes:
+        out = bytearray()
+        while True:
+            out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+            n >>= 7
+            if not n:
+                return bytes(out)
+
+    key = varint(number << 3 | wire)
+    return key + (varint(len(payload)) + payload if wire == 2 else payload)
+
+
+def test_float_val_sent_unpacked_or_in_several_runs_is_read_whole() -> None:
+    values = np.arange(1500, dtype="<f4") / 7
+    head = _field_bytes(1, 0, bytes([DataType.DT_FLOAT])) + _field_bytes(
+        2, 2, _field_bytes(2, 2, _field_bytes(1, 0, bytes([0xDC, 0x0B]))))  # dtype, shape [1500]
+    unpacked = head + b"".join(_field_bytes(5, 5, v.tobytes()) for v in values)
+    split = head + _field_bytes(5, 2, values[:700].tobytes()) + _field_bytes(5, 2, values[700:].tobytes())
+    for wire in (unpacked, split):
+        out = to_numpy(wire)
+        assert out.shape == (1500,)
+        np.testing.assert_array_equal(out, values)
+
+
+@FAST
 @given(hnp.arrays(np.float32, SHAPES))
 def test_numbers_go_to_tensor_content(arr: np.ndarray) -> None:
     proto = to_tensor_proto(arr)
