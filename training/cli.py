@@ -43,7 +43,7 @@ def configure_train(p: argparse.ArgumentParser) -> None:
                    help="fraction of the backbone's last layers to fine-tune (0 = frozen, 1 = all)")
     p.add_argument("--dropout", type=float, default=0.2)
     p.add_argument("--dense-units", type=int, default=256)
-    p.add_argument("--augment", default="basic", choices=("basic", "randaugment", "none"))
+    p.add_argument("--augment", default="basic", choices=("basic", "randaugment", "none", "shift"))
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--max-examples", type=_positive_int, default=None, help="cap each split (quick runs)")
     p.add_argument("--weights", default="imagenet", help="imagenet | none | PATH to a weights file")

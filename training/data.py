@@ -60,7 +60,7 @@ FASHION_MNIST_CLASSES = (
 )
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 DATASET_SPECS = ("tuxpaint", "fashion_mnist", "folder:PATH", "tfds:NAME[:TRAIN,VAL,TEST]")
-AUGMENTATIONS = ("basic", "randaugment", "none")
+AUGMENTATIONS = ("basic", "randaugment", "none", "shift")
 
 
 class DatasetUnavailable(RuntimeError):
@@ -260,6 +260,12 @@ def _augmenter(kind: str, channels: int, seed: int) -> Any:
             keras.layers.RandomFlip("horizontal", seed=seed),
             keras.layers.RandomBrightness(0.2, value_range=(0.0, 255.0), seed=seed + 1),
             keras.layers.RandomContrast(0.2, seed=seed + 2),
+        ]
+    elif kind == "shift":  # flips and shifts of up to a tenth of the side, edges extended: the pad-and-crop of
+        # small-image training, which teaches position invariance and leaves brightness and contrast alone
+        layers = [
+            keras.layers.RandomFlip("horizontal", seed=seed),
+            keras.layers.RandomTranslation(0.1, 0.1, fill_mode="nearest", seed=seed + 1),
         ]
     elif kind == "randaugment":  # the modern form of AutoAugment
         if channels != 3:

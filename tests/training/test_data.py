@@ -95,6 +95,22 @@ def test_max_examples_caps_every_split_and_randaugment_keeps_the_pixel_range():
         assert 0.0 <= float(x.numpy().min()) and float(x.numpy().max()) <= 255.0
 
 
+def test_shift_augmentation_moves_the_object_by_at_most_a_tenth_of_the_side():
+    from training.data import _augmenter
+
+    images = np.zeros((16, 40, 40, 1), np.float32)
+    images[:, 16:24, 16:24] = 255.0  # a centred square
+    shifted = np.asarray(_augmenter("shift", 1, seed=5)(images, training=True))
+    rows, cols = np.indices((40, 40))
+    moves = []
+    for out in shifted[..., 0]:
+        mass = out.sum()
+        assert mass == pytest.approx(images[0].sum(), rel=0.02)  # moved, not lost or brightened
+        moves.append((abs((rows * out).sum() / mass - 19.5), abs((cols * out).sum() / mass - 19.5)))
+    assert max(max(m) for m in moves) <= 4.0 + 1e-3  # a tenth of 40 px
+    assert sum(1 for m in moves if max(m) > 0.5) >= 8  # most images were moved
+
+
 def test_folder_errors_are_clear(tmp_path):
     with pytest.raises(DatasetUnavailable, match="not a directory"):
         load_dataset(f"folder:{tmp_path / 'missing'}", image_size=32)
