@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -185,6 +186,7 @@ class RestApp:
 
 class _Handler(WSGIRequestHandler):
     protocol_version = "HTTP/1.0"  # one request per connection: a pooled thread is never held by an idle client
+    timeout = 60  # seconds a read or write may stall before the connection is dropped (a silent client)
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         log.debug("%s %s %s", self.command, self.path, code)
@@ -200,11 +202,24 @@ class _PooledServer(BaseWSGIServer):
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rest")
         self.inflight = 0
         self.idle = threading.Condition()
+        self._open: set[Any] = set()  # sockets of the connections being handled
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self.idle:
             self.inflight += 1
+            self._open.add(request)
         self.pool.submit(self._work, request, client_address)
+
+    def abort_open(self) -> None:
+        """End the connections still open (e.g. a client that never finishes its request), so their threads
+        return; the pool's threads are joined at interpreter exit, and a blocked read would hold the process."""
+        with self.idle:
+            sockets = list(self._open)
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def _work(self, request: Any, client_address: Any) -> None:
         try:
@@ -214,6 +229,7 @@ class _PooledServer(BaseWSGIServer):
         finally:
             self.shutdown_request(request)
             with self.idle:
+                self._open.discard(request)
                 self.inflight -= 1
                 self.idle.notify_all()
 
@@ -243,5 +259,7 @@ class RestServer:
                     break
                 self._server.idle.wait(remaining)
             drained = self._server.inflight == 0
+        if not drained:
+            self._server.abort_open()
         self._server.pool.shutdown(wait=drained)
         return drained

@@ -192,3 +192,35 @@ def test_sigterm_lets_the_request_in_flight_finish(tmp_path: Path, export_dir: P
     finally:
         server.stop()
     assert "Received SIGTERM" in server.log() and "Server stopped" in server.log()
+
+
+def test_sigterm_does_not_wait_for_idle_connections(tmp_path: Path, export_dir: Path, image: bytes) -> None:
+    # Clients that hold connections open without a request in flight must not keep the server alive: a REST
+    # connection that never sends its request, a gRPC health Watch stream and an idle gRPC channel.
+    import socket
+
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    base = tmp_path / "idle"
+    base.mkdir()
+    add_version(base, export_dir, 1)
+    server = ServerProcess(["--model_name=idle", f"--model_base_path={base}", "--shutdown_grace_seconds=2"],
+                           log_path=tmp_path / "server.log").start()
+    silent = socket.create_connection(("127.0.0.1", server.rest_port), timeout=5)
+    try:
+        silent.sendall(b"GET /v1/models/idle HTTP/1.1\r\n")  # the request is never finished
+        stub = server.prediction_stub()
+        assert stub.Predict(predict_request("idle", image), timeout=60).model_spec.version.value == 1
+        watch = health_pb2_grpc.HealthStub(server.channel()).Watch(health_pb2.HealthCheckRequest(service="idle"))
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        time.sleep(0.5)
+        started = time.monotonic()
+        server.signal(signal.SIGTERM)
+        assert server.proc is not None and server.proc.wait(20) == 0
+        # the grace period (2 s) bounds the wait; a hang would reach the 20 s above
+        assert time.monotonic() - started < 12
+        watch.cancel()
+    finally:
+        silent.close()
+        server.stop()
+    assert "Server stopped" in server.log()
