@@ -43,7 +43,7 @@ def configure_train(p: argparse.ArgumentParser) -> None:
                    help="fraction of the backbone's last layers to fine-tune (0 = frozen, 1 = all)")
     p.add_argument("--dropout", type=float, default=0.2)
     p.add_argument("--dense-units", type=int, default=256)
-    p.add_argument("--augment", default="basic", choices=("basic", "randaugment", "none", "shift"))
+    p.add_argument("--augment", default="basic", choices=("basic", "randaugment", "none", "shift", "flip"))
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--max-examples", type=_positive_int, default=None, help="cap each split (quick runs)")
     p.add_argument("--weights", default="imagenet", help="imagenet | none | PATH to a weights file")
@@ -56,6 +56,9 @@ def configure_train(p: argparse.ArgumentParser) -> None:
                         "to TensorBoard (RUN/explain; 0 = off, the default)")
     p.add_argument("--explain-images", type=_positive_int, default=6, metavar="K",
                    help="how many validation images --explain-every explains (the first K; default 6)")
+    p.add_argument("--refit", action="store_true",
+                   help="after early stopping, train a fresh model on the training and validation splits together "
+                        "for the best epoch count, and test and export that one")
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -71,7 +74,7 @@ def run_train(args: argparse.Namespace) -> int:
             unfreeze=args.unfreeze, dropout=args.dropout, dense_units=args.dense_units, augment=args.augment,
             seed=args.seed, max_examples=args.max_examples, weights=args.weights, logdir=args.logdir,
             export_dir=args.export_dir, name=args.name, explain_every=args.explain_every,
-            explain_images=args.explain_images,
+            explain_images=args.explain_images, refit=args.refit,
         )
         train(config, export=not args.no_export)
     except (DatasetUnavailable, ModelUnavailable, ValueError, FileNotFoundError) as e:

@@ -60,7 +60,7 @@ FASHION_MNIST_CLASSES = (
 )
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 DATASET_SPECS = ("tuxpaint", "fashion_mnist", "folder:PATH", "tfds:NAME[:TRAIN,VAL,TEST]")
-AUGMENTATIONS = ("basic", "randaugment", "none", "shift")
+AUGMENTATIONS = ("basic", "randaugment", "none", "shift", "flip")
 
 
 class DatasetUnavailable(RuntimeError):
@@ -89,10 +89,17 @@ class DatasetSplits:
     image_size: int
     spec: str
     _test_records: Callable[[], Iterator[Record]] = field(repr=False, compare=False, default=lambda: iter(()))
+    _train_and_val: Callable[[], Any] | None = field(repr=False, compare=False, default=None)
 
     def test_records(self) -> Iterator[Record]:
         """The held-out split's original images (encoded), for the exporter's examples TFRecord."""
         return self._test_records()
+
+    def train_and_val(self) -> Any:
+        """The training and validation examples together, shuffled and augmented like ``train`` (for a refit)."""
+        if self._train_and_val is None:
+            raise ValueError(f"dataset {self.spec!r} cannot merge its training and validation splits")
+        return self._train_and_val()
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -261,6 +268,8 @@ def _augmenter(kind: str, channels: int, seed: int) -> Any:
             keras.layers.RandomBrightness(0.2, value_range=(0.0, 255.0), seed=seed + 1),
             keras.layers.RandomContrast(0.2, seed=seed + 2),
         ]
+    elif kind == "flip":  # mirror images only: pixel values and positions as photographed
+        layers = [keras.layers.RandomFlip("horizontal", seed=seed)]
     elif kind == "shift":  # flips and shifts of up to a tenth of the side, edges extended: the pad-and-crop of
         # small-image training, which teaches position invariance and leaves brightness and contrast alone
         layers = [
@@ -353,7 +362,7 @@ def _from_arrays(
             yield Record(_encode_png(images[i]), int(labels[i]), class_names[labels[i]])
 
     return DatasetSplits(make(tr, True), make(va, False), make(te, False), class_names, len(tr), len(va), len(te),
-                         channels, image_size, spec, test_records)
+                         channels, image_size, spec, test_records, lambda: make(tr + va, True))
 
 
 def _load_fashion_mnist(*, image_size: int, seed: int, max_examples: int | None, batch_size: int,
@@ -383,6 +392,7 @@ def _load_fashion_mnist(*, image_size: int, seed: int, max_examples: int | None,
         make(x_train[va], y_train[va], False),
         make(x_test[te], y_test[te], False),
         FASHION_MNIST_CLASSES, len(tr), len(va), len(te), 1, image_size, "fashion_mnist", test_records,
+        lambda: make(x_train[tr + va], y_train[tr + va], True),
     )
 
 
@@ -430,8 +440,13 @@ def _load_tfds(spec: str, *, image_size: int, seed: int, max_examples: int | Non
         for image, label in test_raw.as_numpy_iterator():
             yield Record(tf.io.encode_png(image).numpy(), int(label), class_names[int(label)])
 
+    def train_and_val() -> Any:
+        first, second = (ds.take(max_examples) if max_examples is not None else ds for ds in datasets[:2])
+        return _pipeline(first.concatenate(second), image_size, batch_size=batch_size, seed=seed, shuffle=True,
+                         augment=aug)
+
     return DatasetSplits(made[0], made[1], made[2], class_names, counts[0], counts[1], counts[2], channels,
-                         image_size, spec, test_records)
+                         image_size, spec, test_records, train_and_val)
 
 
 def load_dataset(

@@ -65,6 +65,7 @@ class TrainConfig:
     name: str | None = None  # None: derived from the dataset
     explain_every: int = 0  # > 0: Grad-CAM/occlusion/activations of fixed validation images every N epochs
     explain_images: int = 6  # how many (the first of the validation split)
+    refit: bool = False  # after early stopping: retrain on train+val for the best epoch count, test and export that
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -230,6 +231,18 @@ def train(config: TrainConfig, *, export: bool = True, callbacks: Sequence[Any] 
         return _train(config, export=export, callbacks=callbacks, verbose=verbose, t_start=t_start)
 
 
+def _compile(model: Any, config: TrainConfig, num_examples: int) -> None:
+    """The run's optimizer and loss; a cosine schedule decays to 0 over ``config.epochs`` of ``num_examples``."""
+    import keras
+
+    lr: Any = config.lr
+    if config.lr_schedule == "cosine":
+        steps = max(1, math.ceil(num_examples / config.batch_size)) * config.epochs
+        lr = keras.optimizers.schedules.CosineDecay(config.lr, decay_steps=steps)
+    model.compile(optimizer=make_optimizer(config.optimizer, lr), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+
+
 def _train(config: TrainConfig, *, export: bool, callbacks: Sequence[Any], verbose: int | str, t_start: float
            ) -> TrainResult:
     import keras
@@ -244,12 +257,7 @@ def _train(config: TrainConfig, *, export: bool, callbacks: Sequence[Any], verbo
     model, info = build_model(config.model, len(splits.class_names), image_size=config.size, channels=channels,
                               weights=config.weights, unfreeze=config.unfreeze, dropout=config.dropout,
                               dense_units=config.dense_units, seed=config.seed)
-    lr: Any = config.lr
-    if config.lr_schedule == "cosine":
-        steps = max(1, math.ceil(splits.num_train / config.batch_size)) * config.epochs
-        lr = keras.optimizers.schedules.CosineDecay(config.lr, decay_steps=steps)
-    model.compile(optimizer=make_optimizer(config.optimizer, lr), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
+    _compile(model, config, splits.num_train)
 
     run_dir = _unique_run_dir(config.logdir, f"{config.model_name}-{config.model}")
     _log_run_start(run_dir, splits, config)
@@ -272,13 +280,27 @@ def _train(config: TrainConfig, *, export: bool, callbacks: Sequence[Any], verbo
                         shuffle=False, verbose=verbose)  # the pipeline shuffles, seeded
     hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
     val_loss, val_acc = model.evaluate(val_ds, verbose=0)
+    best_epoch = int(max(range(len(hist["val_accuracy"])), key=lambda i: hist["val_accuracy"][i])) + 1
+    refit: dict[str, int] = {}
+    if config.refit:
+        # The validation split has chosen the epoch count; now it becomes training data too. Same seed, same
+        # initialisation and the same learning-rate path per epoch, on train+val for best_epoch epochs. The
+        # reported validation accuracy stays the early-stopped run's: the refit model has seen those examples.
+        keras.utils.set_random_seed(config.seed)
+        model, info = build_model(config.model, len(splits.class_names), image_size=config.size, channels=channels,
+                                  weights=config.weights, unfreeze=config.unfreeze, dropout=config.dropout,
+                                  dense_units=config.dense_units, seed=config.seed)
+        examples = splits.num_train + splits.num_val
+        _compile(model, config, examples)
+        model.fit(splits.train_and_val(), epochs=best_epoch, shuffle=False, verbose=verbose,
+                  callbacks=[keras.callbacks.TensorBoard(log_dir=str(run_dir / "refit"))])
+        refit = {"refit_epochs": best_epoch, "refit_examples": examples}
     test_loss, test_acc = model.evaluate(test_ds, verbose=0)
     wall = time.perf_counter() - t_start
-    best_epoch = int(max(range(len(hist["val_accuracy"])), key=lambda i: hist["val_accuracy"][i])) + 1
     metrics = {
         "test_accuracy": float(test_acc), "test_loss": float(test_loss),
         "val_accuracy": float(val_acc), "val_loss": float(val_loss),
-        "epochs_run": len(hist["loss"]), "best_epoch": best_epoch, "train_seconds": round(wall, 1),
+        "epochs_run": len(hist["loss"]), "best_epoch": best_epoch, **refit, "train_seconds": round(wall, 1),
     }
     _log_hparams(run_dir, config, metrics)
 
@@ -296,7 +318,9 @@ def _train(config: TrainConfig, *, export: bool, callbacks: Sequence[Any], verbo
                                         gradcam_layer=info.gradcam_layer, card=card, examples=splits.test_records())
     print(
         f"[glimpse] {config.model} on {config.dataset}: val_accuracy={val_acc:.4f} test_accuracy={test_acc:.4f} "
-        f"epochs={metrics['epochs_run']} wall={wall:.1f}s"
+        f"epochs={metrics['epochs_run']}"
+        + (f" refit={best_epoch} epochs on {refit['refit_examples']} examples" if refit else "")
+        + f" wall={wall:.1f}s"
         + (f" exported={version_dir}" if version_dir else ""),
         flush=True,
     )

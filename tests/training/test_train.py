@@ -30,6 +30,26 @@ def test_same_seed_same_weights_and_metrics(tmp_path):
 
 
 @pytest.mark.slow
+def test_refit_trains_on_train_and_val_for_the_best_epoch_count(tmp_path):
+    from training.data import load_dataset
+
+    splits = load_dataset("tuxpaint", image_size=32, seed=7, max_examples=40, batch_size=16)
+    merged = sum(int(y.shape[0]) for _, y in splits.train_and_val())
+    assert merged == splits.num_train + splits.num_val == 72  # 40 training photos + the 32 validation photos
+    plain = train(_tiny(tmp_path, epochs=3), export=False, verbose=0)
+    refit = train(_tiny(tmp_path, epochs=3, refit=True), verbose=0)
+    m = refit.metrics
+    assert m["refit_epochs"] == m["best_epoch"] == plain.metrics["best_epoch"] and m["refit_examples"] == 72
+    # the early-stopped run is the same; only the refit model (trained on more examples) differs
+    assert m["val_accuracy"] == plain.metrics["val_accuracy"] and refit.history == plain.history
+    assert any(not np.array_equal(x, y)
+               for x, y in zip(plain.model.get_weights(), refit.model.get_weights(), strict=True))
+    card = json.loads((refit.version_dir / "assets.extra" / "model_card.json").read_text())
+    assert card["metrics"]["refit_epochs"] == m["refit_epochs"] and card["training"]["refit"] is True
+    assert card["metrics"]["test_accuracy"] == pytest.approx(m["test_accuracy"])
+
+
+@pytest.mark.slow
 def test_a_run_leaves_the_op_determinism_setting_as_it_found_it(tmp_path):
     from tensorflow.python.framework import config as tf_config
 
