@@ -3,7 +3,8 @@
 1. Predict round trip over gRPC (tensorflow-serving-api's stub, a ``glimpse serve`` subprocess) vs the same signature
    run in-process by :class:`serving.session.SessionModel`, batch 1 on a MobileNetV2-size input (224x224x3 float);
    goal ratio <= 1.10.
-2. The model's own batching gain in-process (batch 16, and the server's batch size, vs batch 1, per image): the
+2. The model's own batching gain in-process (batch 16, and the server's batch size, vs batch 1, per image), and the
+   gain of batches run on the batch threads over 16 concurrent batch-1 runs (what the unbatched server does): the
    ceiling for 3.
 3. Throughput of 16 concurrent batch-1 clients with ``--enable_batching`` vs without; the row's ratio is the time
    per request with batching over the time without (goal <= 0.67, i.e. >= 1.5x the throughput).
@@ -185,6 +186,25 @@ def _throughput(address: str, request: Any, total: int) -> float:
     return elapsed / (per_client * _CLIENTS)
 
 
+def _concurrent(model: Any, image: np.ndarray, threads: int, batch: int, images: int) -> float:
+    """Seconds per image with ``threads`` threads each running batches of ``batch`` in-process (``images`` in all)."""
+    x = np.repeat(image, batch, axis=0)
+    per_thread = max(1, images // (threads * batch))
+
+    def work() -> None:
+        for _ in range(per_thread):
+            model.run(SIG_PIXELS, {IN_IMAGES: x})
+
+    model.run(SIG_PIXELS, {IN_IMAGES: x})
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    started = time.perf_counter()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return (time.perf_counter() - started) / (per_thread * threads * batch)
+
+
 def _resolve(model_dir: str | Path | None, workdir: Path) -> tuple[Path, Path]:
     """(base path, version dir): export MobileNetV2 when no model is given."""
     if model_dir is None:
@@ -212,7 +232,7 @@ def run_serving_benchmarks(model_dir: str | Path | None = None, quick: bool = Fa
 
     from serving.session import SessionModel
 
-    reps = 10 if quick else 40
+    reps = 10 if quick else 100
     total = 4 * _CLIENTS if quick else 12 * _CLIENTS
     workdir = Path(tempfile.mkdtemp(prefix="glimpse-bench-serving-"))
     rows: list[dict[str, Any]] = []
@@ -229,7 +249,8 @@ def run_serving_benchmarks(model_dir: str | Path | None = None, quick: bool = Fa
                 stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
                 # Interleaved, so that both see the same background load on a shared machine.
                 in_process, round_trip = _interleaved(
-                    lambda: model.run(SIG_PIXELS, {IN_IMAGES: image}), lambda: stub.Predict(request, timeout=120), reps
+                    lambda: model.run(SIG_PIXELS, {IN_IMAGES: image}), lambda: stub.Predict(request, timeout=120), reps,
+                    warmup=10,
                 )
             batch = np.repeat(image, _CLIENTS, axis=0)
             small = np.repeat(image, _SERVER_BATCH, axis=0)
@@ -241,6 +262,10 @@ def run_serving_benchmarks(model_dir: str | Path | None = None, quick: bool = Fa
                 lambda: model.run(SIG_PIXELS, {IN_IMAGES: image}), lambda: model.run(SIG_PIXELS, {IN_IMAGES: small}),
                 max(3, reps // 4),
             )
+            threads = max(1, min(os.cpu_count() or 1, 4))
+            # What batching can buy at most: the model run the way each server runs it, in-process, without gRPC.
+            concurrent_ones = _concurrent(model, image, _CLIENTS, 1, total)
+            concurrent_batches = _concurrent(model, image, threads, _SERVER_BATCH, total)
             unbatched = _throughput(address, request, total)
             rss_plain = _peak_rss_mib(pid)
         rows.append({"name": f"gRPC Predict round trip, batch 1, {size} float", "ours_s": round_trip,
@@ -254,7 +279,12 @@ def run_serving_benchmarks(model_dir: str | Path | None = None, quick: bool = Fa
                      "ours_s": small_in_process / _SERVER_BATCH, "baseline_s": one_by_one_small,
                      "ratio": small_in_process / _SERVER_BATCH / one_by_one_small,
                      "note": "the batch size the server forms below (max_batch_size)"})
-        threads = max(1, min(os.cpu_count() or 1, 4))
+        rows.append({"name": f"in-process {threads} threads x batch {_SERVER_BATCH} vs {_CLIENTS} threads x batch 1 "
+                             "(s/image)",
+                     "ours_s": concurrent_batches, "baseline_s": concurrent_ones,
+                     "ratio": concurrent_batches / concurrent_ones,
+                     "note": f"the most batching can gain over concurrent unbatched runs here: "
+                             f"x{concurrent_ones / concurrent_batches:.2f}"})
         batching_file = workdir / "batching.config"
         batching_file.write_text(
             f"max_batch_size {{ value: {_SERVER_BATCH} }}\nbatch_timeout_micros {{ value: 2000 }}\n"
