@@ -254,9 +254,12 @@ def _train(config: TrainConfig, *, export: bool, callbacks: Sequence[Any], verbo
                           batch_size=config.batch_size, augment=config.augment)
     channels = splits.channels  # grey stays grey: pretrained models repeat it to RGB inside
     train_ds, val_ds, test_ds = splits.train, splits.val, splits.test
-    model, info = build_model(config.model, len(splits.class_names), image_size=config.size, channels=channels,
-                              weights=config.weights, unfreeze=config.unfreeze, dropout=config.dropout,
-                              dense_units=config.dense_units, seed=config.seed)
+    def build() -> tuple[Any, Any]:
+        return build_model(config.model, len(splits.class_names), image_size=config.size, channels=channels,
+                           weights=config.weights, unfreeze=config.unfreeze, dropout=config.dropout,
+                           dense_units=config.dense_units, seed=config.seed)
+
+    model, info = build()
     _compile(model, config, splits.num_train)
 
     run_dir = _unique_run_dir(config.logdir, f"{config.model_name}-{config.model}")
@@ -287,9 +290,7 @@ def _train(config: TrainConfig, *, export: bool, callbacks: Sequence[Any], verbo
         # initialisation and the same learning-rate path per epoch, on train+val for best_epoch epochs. The
         # reported validation accuracy stays the early-stopped run's: the refit model has seen those examples.
         keras.utils.set_random_seed(config.seed)
-        model, info = build_model(config.model, len(splits.class_names), image_size=config.size, channels=channels,
-                                  weights=config.weights, unfreeze=config.unfreeze, dropout=config.dropout,
-                                  dense_units=config.dense_units, seed=config.seed)
+        model, info = build()
         examples = splits.num_train + splits.num_val
         _compile(model, config, examples)
         model.fit(splits.train_and_val(), epochs=best_epoch, shuffle=False, verbose=verbose,
