@@ -56,6 +56,9 @@ def configure_train(p: argparse.ArgumentParser) -> None:
                         "to TensorBoard (RUN/explain; 0 = off, the default)")
     p.add_argument("--explain-images", type=_positive_int, default=6, metavar="K",
                    help="how many validation images --explain-every explains (the first K; default 6)")
+    p.add_argument("--ema", type=float, default=0.0, metavar="M",
+                   help="keep an exponential moving average of the weights (momentum M per step, e.g. 0.95) and "
+                        "validate, early-stop and export the averaged model (0 = off, the default)")
     p.add_argument("--refit", action="store_true",
                    help="after early stopping, train a fresh model on the training and validation splits together "
                         "for the best epoch count, and test and export that one")
@@ -74,7 +77,7 @@ def run_train(args: argparse.Namespace) -> int:
             unfreeze=args.unfreeze, dropout=args.dropout, dense_units=args.dense_units, augment=args.augment,
             seed=args.seed, max_examples=args.max_examples, weights=args.weights, logdir=args.logdir,
             export_dir=args.export_dir, name=args.name, explain_every=args.explain_every,
-            explain_images=args.explain_images, refit=args.refit,
+            explain_images=args.explain_images, refit=args.refit, ema=args.ema,
         )
         train(config, export=not args.no_export)
     except (DatasetUnavailable, ModelUnavailable, ValueError, FileNotFoundError) as e:

@@ -66,6 +66,7 @@ class TrainConfig:
     explain_every: int = 0  # > 0: Grad-CAM/occlusion/activations of fixed validation images every N epochs
     explain_images: int = 6  # how many (the first of the validation split)
     refit: bool = False  # after early stopping: retrain on train+val for the best epoch count, test and export that
+    ema: float = 0.0  # > 0: validate, early-stop and export an exponential moving average of the weights
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -91,6 +92,8 @@ class TrainConfig:
             raise ValueError("--max-examples must be at least 1")
         if self.explain_every < 0:
             raise ValueError(f"--explain-every must be >= 0 (0: off), got {self.explain_every}")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"--ema must be in [0, 1) (0: off), got {self.ema}")
         if self.explain_images < 1:
             raise ValueError(f"--explain-images must be at least 1, got {self.explain_images}")
         from training.data import AUGMENTATIONS
@@ -162,17 +165,21 @@ def _unique_run_dir(logdir: str, stem: str) -> Path:
     return run_dir
 
 
-def make_optimizer(name: str, lr: Any) -> Any:
-    """A Keras optimizer by name; ``lr`` is a float or a ``keras.optimizers.schedules.LearningRateSchedule``."""
+def make_optimizer(name: str, lr: Any, ema: float = 0.0) -> Any:
+    """A Keras optimizer by name; ``lr`` is a float or a ``keras.optimizers.schedules.LearningRateSchedule``.
+
+    ``ema`` > 0 keeps an exponential moving average of the weights with that momentum per step (Keras' ``use_ema``).
+    """
     import keras
 
+    kw: dict[str, Any] = {"use_ema": True, "ema_momentum": ema} if ema > 0 else {}
     factories = {
-        "adam": lambda: keras.optimizers.Adam(lr),
-        "sgd": lambda: keras.optimizers.SGD(lr),
-        "momentum": lambda: keras.optimizers.SGD(lr, momentum=0.9),
-        "rmsprop": lambda: keras.optimizers.RMSprop(lr),
-        "adagrad": lambda: keras.optimizers.Adagrad(lr),
-        "adadelta": lambda: keras.optimizers.Adadelta(lr),
+        "adam": lambda: keras.optimizers.Adam(lr, **kw),
+        "sgd": lambda: keras.optimizers.SGD(lr, **kw),
+        "momentum": lambda: keras.optimizers.SGD(lr, momentum=0.9, **kw),
+        "rmsprop": lambda: keras.optimizers.RMSprop(lr, **kw),
+        "adagrad": lambda: keras.optimizers.Adagrad(lr, **kw),
+        "adadelta": lambda: keras.optimizers.Adadelta(lr, **kw),
     }
     if name not in factories:
         raise ValueError(f"unknown optimizer {name!r}; expected one of {', '.join(OPTIMIZERS)}")
@@ -239,7 +246,7 @@ def _compile(model: Any, config: TrainConfig, num_examples: int) -> None:
     if config.lr_schedule == "cosine":
         steps = max(1, math.ceil(num_examples / config.batch_size)) * config.epochs
         lr = keras.optimizers.schedules.CosineDecay(config.lr, decay_steps=steps)
-    model.compile(optimizer=make_optimizer(config.optimizer, lr), loss="sparse_categorical_crossentropy",
+    model.compile(optimizer=make_optimizer(config.optimizer, lr, config.ema), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
 
 
@@ -266,6 +273,8 @@ def _train(config: TrainConfig, *, export: bool, callbacks: Sequence[Any], verbo
     _log_run_start(run_dir, splits, config)
     timer = epoch_timer()
     fit_callbacks = [
+        # First, so that validation, early stopping's best weights and the logs all see the averaged weights.
+        *([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if config.ema else []),
         keras.callbacks.EarlyStopping(monitor="val_accuracy", min_delta=1e-4, patience=config.patience,
                                       restore_best_weights=True),
         keras.callbacks.TensorBoard(log_dir=str(run_dir), histogram_freq=1),

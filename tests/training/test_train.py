@@ -50,6 +50,23 @@ def test_refit_trains_on_train_and_val_for_the_best_epoch_count(tmp_path):
 
 
 @pytest.mark.slow
+def test_ema_validates_and_keeps_the_averaged_weights(tmp_path):
+    from training.train import make_optimizer
+
+    assert make_optimizer("adam", 1e-3, 0.9).use_ema and not make_optimizer("adam", 1e-3).use_ema
+    plain = train(_tiny(tmp_path, epochs=3), export=False, verbose=0)
+    r = train(_tiny(tmp_path, epochs=3, ema=0.9), export=False, verbose=0)
+    # validation during fit saw the averaged weights, and the kept (best-epoch) model is that averaged model
+    best = r.metrics["best_epoch"] - 1
+    assert r.metrics["val_accuracy"] == pytest.approx(r.history["val_accuracy"][best], abs=1e-6)
+    assert r.metrics["val_loss"] == pytest.approx(r.history["val_loss"][best], rel=1e-4)
+    assert r.history["val_accuracy"] != plain.history["val_accuracy"] or r.history["val_loss"] != plain.history[
+        "val_loss"]
+    with pytest.raises(ValueError, match="--ema"):
+        _tiny(tmp_path, ema=1.0)
+
+
+@pytest.mark.slow
 def test_a_run_leaves_the_op_determinism_setting_as_it_found_it(tmp_path):
     from tensorflow.python.framework import config as tf_config
 
