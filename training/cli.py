@@ -9,6 +9,7 @@ __all__ = ["configure_train", "run_train", "configure_export", "run_export"]
 
 _MODELS = ("efficientnet_lite0", "mobilenet_v2", "resnet50", "scratch", "scratch_bn")
 _OPTIMIZERS = ("adam", "sgd", "momentum", "rmsprop", "adagrad", "adadelta")
+_AUGMENTATIONS = ("basic", "randaugment", "none", "shift", "flip")
 _PREPROCESSING = ("none", "scale_0_1", "scale_-1_1", "caffe", "lite0")
 
 
@@ -43,7 +44,7 @@ def configure_train(p: argparse.ArgumentParser) -> None:
                    help="fraction of the backbone's last layers to fine-tune (0 = frozen, 1 = all)")
     p.add_argument("--dropout", type=float, default=0.2)
     p.add_argument("--dense-units", type=int, default=256)
-    p.add_argument("--augment", default="basic", choices=("basic", "randaugment", "none", "shift", "flip"))
+    p.add_argument("--augment", default="basic", choices=_AUGMENTATIONS)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--max-examples", type=_positive_int, default=None, help="cap each split (quick runs)")
     p.add_argument("--weights", default="imagenet", help="imagenet | none | PATH to a weights file")

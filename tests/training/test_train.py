@@ -142,3 +142,15 @@ def test_config_validation():
     with pytest.raises(ValueError, match="constant, cosine"):
         TrainConfig(lr_schedule="step")
     assert TrainConfig(dataset="folder:/data/My Photos").model_name == "My_Photos"
+
+
+def test_cli_choices_match_the_library():
+    # the CLI keeps its own copies so that parsing flags imports nothing heavy; they must not drift
+    from training import cli
+    from training.data import AUGMENTATIONS
+    from training.models import MODELS
+    from training.train import OPTIMIZERS
+
+    assert set(cli._AUGMENTATIONS) == set(AUGMENTATIONS)
+    assert set(cli._MODELS) == set(MODELS)
+    assert set(cli._OPTIMIZERS) == set(OPTIMIZERS)
