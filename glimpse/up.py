@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from glimpse_wire.booleans import bool_arg
+
 __all__ = [
     "COMPOSE_FILE",
     "COMPOSE_CPU_FILE",
@@ -59,8 +61,6 @@ COMPOSE_FILE = "docker-compose.yml"
 COMPOSE_CPU_FILE = "docker-compose.cpu.yml"
 MONITORING_PATH = "/monitoring/prometheus/metrics"
 
-_TRUE = {"true", "1", "yes", "t", "y"}
-_FALSE = {"false", "0", "no", "f", "n"}
 _POLL_S = 0.5
 _HTTP_TIMEOUT_S = 2.0
 _STOP_GRACE_S = 40.0  # gunicorn's graceful timeout (20 s) and serving's (10 s) fit in it
@@ -140,15 +140,6 @@ class ComposeConfig:
         return (COMPOSE_FILE, COMPOSE_CPU_FILE) if self.cpu else (COMPOSE_FILE,)
 
 
-def _bool(text: str) -> bool:
-    value = text.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
 def configure_up(parser: argparse.ArgumentParser) -> None:
     """Flags of ``glimpse up`` (imports nothing heavy)."""
     serve = parser.add_argument_group("model server (tensorflow_model_server's flags, passed to `glimpse serve`)")
@@ -159,7 +150,7 @@ def configure_up(parser: argparse.ArgumentParser) -> None:
     serve.add_argument("--port", type=int, default=8500, help="gRPC port (default 8500)")
     serve.add_argument("--rest_api_port", type=int, default=8501, help="REST and metrics port (default 8501)")
     serve.add_argument("--bind_address", default="0.0.0.0", help="address serving listens on (default 0.0.0.0)")
-    serve.add_argument("--enable_batching", type=_bool, nargs="?", const=True, default=False, metavar="BOOL",
+    serve.add_argument("--enable_batching", type=bool_arg, nargs="?", const=True, default=False, metavar="BOOL",
                        help="merge concurrent requests into batches")
     serve.add_argument("--batching_parameters_file", default="", help="a text BatchingParameters file")
     serve.add_argument("--monitoring_config_file", default="",

@@ -8,4 +8,5 @@ Modules (import them directly; this package imports nothing):
 - ``errors``: ``ServingError`` and its subclasses, the gRPC code -> HTTP status table.
 - ``examples``: tf.Example and TFRecord files.
 - ``client``: ``ServingClient``.
+- ``booleans``: ``parse_bool``, the one boolean word parser of flags, queries and forms.
 """
