@@ -12,6 +12,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from glimpse import __version__
+
 __all__ = ["COMMANDS", "build_parser", "main"]
 
 # command -> (module, help)
@@ -35,14 +37,13 @@ def _func_name(command: str) -> str:
     return command.replace("-", "_")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The top-level parser; only the command named in ``argv`` gets its flags (and its module imported)."""
     parser = argparse.ArgumentParser(prog="glimpse", description=__doc__.splitlines()[0])
-    from glimpse import __version__
-
     parser.add_argument("--version", action="version", version=f"glimpse {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    chosen = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
+    chosen = next((a for a in argv if not a.startswith("-")), None)
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         # Only the chosen command's module is imported: flags of the others are not needed to parse argv.
@@ -53,10 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    if argv is not None:
-        sys.argv = [sys.argv[0], *argv]
-    parser = build_parser()
-    args = parser.parse_args()
+    """Parse ``argv`` (default: this process's arguments) and run the command; returns its exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(argv).parse_args(argv)
     module, _ = COMMANDS[args.command]
     run = getattr(importlib.import_module(module), f"run_{_func_name(args.command)}")
     try:

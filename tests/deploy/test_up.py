@@ -264,7 +264,6 @@ def test_compose_with_the_real_docker_cli_and_no_engine(
     from glimpse.cli import main
 
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
-    monkeypatch.setattr(sys, "argv", list(sys.argv))
     monkeypatch.chdir(s.REPO_ROOT)
     assert main(["up", "--compose", "--cpu"]) == 2
     err = capsys.readouterr().err

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from glimpse.bench import format_rows
-from glimpse.cli import COMMANDS
+from glimpse.cli import COMMANDS, main
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
@@ -39,3 +39,20 @@ def test_bench_rows_render_as_a_markdown_table():
                                   "note": "n"}])
     assert lines[:4] == ["### demo", "", "| benchmark | Glimpse | baseline | ratio | note |", "|---|---|---|---|---|"]
     assert lines[4] == "| a vs b | 12.3 ms | 12.5 s | 0.001x | n |"
+
+
+def test_main_parses_the_argv_it_is_given_and_leaves_sys_argv_alone(capsys) -> None:
+    before = list(sys.argv)
+    with pytest.raises(SystemExit) as exc:
+        main(["api", "--help"])
+    assert exc.value.code == 0
+    assert sys.argv == before
+    assert "usage: glimpse api" in capsys.readouterr().out
+
+
+def test_the_version_comes_from_the_installed_distribution() -> None:
+    from importlib.metadata import version
+
+    from glimpse import __version__
+
+    assert __version__ == version("glimpse")

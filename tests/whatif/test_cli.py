@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,11 +18,6 @@ def _parse(configure: Callable[[argparse.ArgumentParser], None], argv: list[str]
     parser = argparse.ArgumentParser()
     configure(parser)
     return parser.parse_args(argv)
-
-
-@pytest.fixture(autouse=True)
-def _keep_argv(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sys, "argv", list(sys.argv))  # glimpse.cli.main(argv) sets sys.argv
 
 
 def test_flags_and_defaults() -> None:

@@ -6,7 +6,6 @@ import ast
 import base64
 import io
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -174,14 +173,13 @@ def _run_cells(notebook: Any) -> dict[str, Any]:
 
 @pytest.mark.filterwarnings(WIDGET_WARNING)
 def test_glimpse_wit_writes_a_notebook_whose_cells_build_the_same_config(
-    wit_stack: WitStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    wit_stack: WitStack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import nbformat
     from witwidget.notebook.visualization import WitWidget
 
     from glimpse.cli import main
 
-    monkeypatch.setattr(sys, "argv", list(sys.argv))
     out = tmp_path / "nb" / "wit.ipynb"
     code = main(["wit", "--serving-address", wit_stack.address, "--model", MODEL, "--examples",
                  str(wit_stack.examples), "--compare-version", "1", "--max-examples", "12", "--out", str(out)])
@@ -284,11 +282,10 @@ def test_report_numbers_equal_a_direct_computation(wit_stack: WitStack, tmp_path
 
 
 def test_glimpse_report_cli_compares_two_models(
-    wit_stack: WitStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    wit_stack: WitStack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from glimpse.cli import main
 
-    monkeypatch.setattr(sys, "argv", list(sys.argv))
     out = tmp_path / "cli-report"
     code = main(["report", "--serving-address", wit_stack.address, "--model", MODEL, "--compare-model", OTHER,
                  "--examples", str(wit_stack.examples), "--out", str(out)])
