@@ -1,6 +1,6 @@
 """Typed serving errors: one class per gRPC status code, the gRPC code -> HTTP status table, and the translation.
 
-Errors are translated once at each edge (DESIGN.md): the client turns every ``grpc.RpcError`` into a
+Errors are translated once at each edge (docs/architecture.md): the client turns every ``grpc.RpcError`` into a
 :class:`ServingError` (``raise from_rpc_error(e) from e``); the HTTP layer turns a ServingError into its
 ``http_status`` and ``{"error": err.as_dict()}``. Importing this module does not import grpc.
 """

@@ -1,7 +1,7 @@
 """The What-If Tool for Glimpse models, and the slicing/comparison report.
 
-Importing ``whatif`` installs :mod:`whatif.compat`, which makes witwidget 1.8.1 work on today's stack; it imports
-nothing heavy. The public functions are loaded on first use:
+``import whatif`` calls :func:`whatif.compat.install` (explicitly, below), which makes witwidget 1.8.1 work on
+today's stack by adding one import hook; nothing heavy is imported. The public functions are loaded on first use:
 
 - :func:`build_config` -- a ``WitConfigBuilder`` for a served model (and a comparison model or version);
 - :func:`write_notebook` -- a ready ``.ipynb`` that builds that config and shows ``WitWidget``;
@@ -31,6 +31,7 @@ __all__ = [
     "compat",
 ]
 
+# The one deliberate import-time effect of this package (see whatif.compat.install).
 compat.install()
 
 _LAZY = {

@@ -245,7 +245,14 @@ def _patch_loaded_modules() -> None:
 
 
 def install() -> None:
-    """Install the fixes (idempotent, thread-safe, cheap: nothing is imported until witwidget is)."""
+    """Install the fixes (idempotent, thread-safe, cheap: nothing is imported until witwidget is).
+
+    Called explicitly in two places and nowhere else: ``whatif/__init__.py`` at import, so that a notebook that does
+    ``import whatif`` before importing witwidget gets a working widget, and :func:`whatif.config.builder_from_settings`
+    right before it imports witwidget itself (for code that imported ``whatif.config`` alone). The generated
+    notebooks' first cell calls it too. It adds one finder to ``sys.meta_path`` and patches already-imported
+    witwidget modules; nothing else in the process changes.
+    """
     global _finder
     with _lock:
         if _finder is None:
