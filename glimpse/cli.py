@@ -1,4 +1,4 @@
-"""The ``glimpse`` command line.
+"""The glimpse command line: train, serve and explain CNN image classifiers.
 
 Each subcommand lives in the package that owns it and is imported only when that subcommand runs, so
 ``glimpse api`` never imports TensorFlow. A command module exposes ``configure_<name>(parser)`` (adds flags, imports
@@ -13,8 +13,9 @@ import sys
 from collections.abc import Sequence
 
 from glimpse import __version__
+from glimpse.tf_startup import VERBOSE_ENV, load_tensorflow_quietly
 
-__all__ = ["COMMANDS", "build_parser", "main"]
+__all__ = ["COMMANDS", "TF_COMMANDS", "build_parser", "main"]
 
 # command -> (module, help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -23,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("serving.cli", "Serve models the way tensorflow_model_server does (gRPC + REST)."),
     "api": ("explain_api.cli", "Run the explain API (HTTP) in front of a served model."),
     "explain-video": ("explain_api.video", "Explain a video frame by frame and write the overlay video."),
-    "up": ("glimpse.up", "Run `glimpse serve` and `glimpse api` together on this machine."),
+    "up": ("glimpse.up", "Run glimpse serve and glimpse api together on this machine."),
     "wit": ("whatif.cli", "Write a What-If Tool notebook for a served model."),
     "report": ("whatif.cli", "Slice and compare served models over an examples TFRecord."),
     "study": ("training.studies", "Run one of the chapter's studies."),
@@ -31,6 +32,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "spurious": ("training.spurious", "The snow story: a background shortcut, swapped backgrounds, Grad-CAM."),
     "bench": ("glimpse.bench", "Run the benchmarks and print the ratios."),
 }
+
+# Commands whose work imports TensorFlow: it is loaded up front, its start-up chatter filtered (glimpse.tf_startup).
+TF_COMMANDS = frozenset({"train", "export", "serve", "wit", "study", "tune", "spurious", "bench"})
 
 
 def _func_name(command: str) -> str:
@@ -41,6 +45,8 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     """The top-level parser; only the command named in ``argv`` gets its flags (and its module imported)."""
     parser = argparse.ArgumentParser(prog="glimpse", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"glimpse {__version__}")
+    parser.add_argument("--verbose", action="store_true",
+                        help=f"keep TensorFlow's start-up log (also: {VERBOSE_ENV}=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     chosen = next((a for a in argv if not a.startswith("-")), None)
@@ -58,6 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(argv).parse_args(argv)
     module, _ = COMMANDS[args.command]
+    if args.command in TF_COMMANDS:
+        load_tensorflow_quietly(args.verbose)
     run = getattr(importlib.import_module(module), f"run_{_func_name(args.command)}")
     try:
         return int(run(args) or 0)
