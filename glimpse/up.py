@@ -46,6 +46,8 @@ __all__ = [
     "config_from_args",
     "compose_config_from_args",
     "model_names",
+    "missing_base_paths",
+    "version_states",
     "serve_command",
     "api_command",
     "monitoring_config_text",
@@ -62,6 +64,7 @@ COMPOSE_CPU_FILE = "docker-compose.cpu.yml"
 MONITORING_PATH = "/monitoring/prometheus/metrics"
 
 _POLL_S = 0.5
+_PROGRESS_EVERY_S = 5.0
 _HTTP_TIMEOUT_S = 2.0
 _STOP_GRACE_S = 40.0  # gunicorn's graceful timeout (20 s) and serving's (10 s) fit in it
 _DOCKER_TIMEOUT_S = 15.0
@@ -181,8 +184,8 @@ def configure_up(parser: argparse.ArgumentParser) -> None:
                          help="with --compose: also start a profile's services (grafana, train); repeatable")
 
 
-def model_names(config_file: str | Path) -> list[str]:
-    """The model names of a text ModelServerConfig file (parsed with the wire package's message, no TensorFlow)."""
+def _read_model_config(config_file: str | Path) -> list[tuple[str, str]]:
+    """(name, base_path) of each model in a text ModelServerConfig (the wire package's message, no TensorFlow)."""
     from google.protobuf import text_format
 
     from glimpse_wire.messages import ModelServerConfig
@@ -197,10 +200,31 @@ def model_names(config_file: str | Path) -> list[str]:
         text_format.Parse(text, message)
     except text_format.ParseError as e:
         raise UpError(f"--model_config_file {path} is not a text ModelServerConfig: {e}") from e
-    names = [c.name for c in message.model_config_list.config]
-    if not names:
+    models = [(c.name, c.base_path) for c in message.model_config_list.config]
+    if not models:
         raise UpError(f"--model_config_file {path} lists no model (model_config_list {{ config {{ ... }} }})")
-    return names
+    return models
+
+
+def model_names(config_file: str | Path) -> list[str]:
+    """The model names of a text ModelServerConfig file."""
+    return [name for name, _ in _read_model_config(config_file)]
+
+
+def missing_base_paths(config_file: str | Path) -> list[tuple[str, str]]:
+    """(name, base_path) of the models whose base path is not a directory on this machine.
+
+    TF Serving keeps running with such a model (it polls until the path appears), and so does ``glimpse serve``; a
+    config written for containers (``/models/...``) is the usual cause, so ``glimpse up`` says so before it starts.
+    """
+    return [(name, base) for name, base in _read_model_config(config_file) if not Path(base).is_dir()]
+
+
+def _warn_missing_base_paths(config_file: str) -> None:
+    for name, base in missing_base_paths(config_file):
+        print(f"glimpse up: warning: model {name!r}: base_path {base} does not exist on this machine; it will not "
+              "be served until it does (a config written for containers? use paths of this machine)",
+              file=sys.stderr, flush=True)
 
 
 def config_from_args(args: argparse.Namespace) -> UpConfig:
@@ -214,6 +238,7 @@ def config_from_args(args: argparse.Namespace) -> UpConfig:
         if default_model not in names:
             raise UpError(f"--default-model {default_model!r} is not in {config_file} (models: {', '.join(names)})")
         config_file = str(Path(config_file).resolve())
+        _warn_missing_base_paths(config_file)
     elif base_path:
         path = Path(base_path)
         if not path.is_dir():
@@ -332,9 +357,16 @@ def _model_available(body: bytes) -> bool:
 
 
 def _wait(what: str, ready: Callable[[], bool], deadline: float, children: dict[str, subprocess.Popen[Any]],
-          stop: threading.Event) -> bool:
-    """Poll ``ready`` until it holds (True), ``stop`` is set (False), a child exits or the deadline passes (UpError)."""
+          stop: threading.Event, *, progress: Callable[[], str] | None = None) -> bool:
+    """Poll ``ready`` until it holds (True), ``stop`` is set (False), a child exits or the deadline passes (UpError).
+
+    Every ``_PROGRESS_EVERY_S`` seconds a line says what it is waiting for, for how long, and ``progress()`` (e.g.
+    the model's version states) if given; once ready, how long it took.
+    """
     last = ""
+    started = time.monotonic()
+    every_s = _PROGRESS_EVERY_S
+    next_report = started + every_s
     while not stop.is_set():
         for name, child in children.items():
             code = child.poll()
@@ -342,13 +374,39 @@ def _wait(what: str, ready: Callable[[], bool], deadline: float, children: dict[
                 raise UpError(f"{name} exited with code {code} before {what} was ready")
         try:
             if ready():
+                print(f"glimpse up: {what} ready after {time.monotonic() - started:.1f} s", flush=True)
                 return True
         except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
             last = f" (last error: {getattr(e, 'reason', e)})"
-        if time.monotonic() >= deadline:
+        now = time.monotonic()
+        if now >= deadline:
             raise UpError(f"{what} was not ready in time{last}")
+        if now >= next_report:
+            detail = _safe_progress(progress)
+            print(f"glimpse up: waiting for {what} ({now - started:.0f} s{', ' + detail if detail else ''})",
+                  flush=True)
+            next_report = now + every_s
         stop.wait(_POLL_S)
     return False
+
+
+def _safe_progress(progress: Callable[[], str] | None) -> str:
+    if progress is None:
+        return ""
+    try:
+        return progress()
+    except (urllib.error.URLError, http.client.HTTPException, OSError):
+        return "not listening yet"
+
+
+def version_states(body: bytes) -> str:
+    """'version 3 LOADING' (or several, comma-separated) from a REST model status body; '' when it has none."""
+    try:
+        status = json.loads(body)
+    except ValueError:
+        return ""
+    versions = status.get("model_version_status", []) if isinstance(status, dict) else []
+    return ", ".join(f"version {v.get('version')} {v.get('state')}" for v in versions if isinstance(v, dict))
 
 
 def _stop_children(children: dict[str, subprocess.Popen[Any]], grace_s: float = _STOP_GRACE_S) -> None:
@@ -411,7 +469,14 @@ def run_embedded(config: UpConfig, *, popen: Callable[..., subprocess.Popen[Any]
         def api_ready() -> bool:
             return _http_get(f"{api}/readyz")[0] == 200
 
-        if not _wait(f"model {config.default_model!r}", model_ready, deadline, children, stop):
+        def model_progress() -> str:
+            code, body = _http_get(f"{rest}/v1/models/{config.default_model}")
+            return version_states(body) if code == 200 else "no version loaded yet (loading, warm-up)"
+
+        print(f"glimpse up: loading model {config.default_model!r} (restore, warm-up requests), then the API",
+              flush=True)
+        if not _wait(f"model {config.default_model!r}", model_ready, deadline, children, stop,
+                     progress=model_progress):
             return 0
         if not _wait("the explain API", api_ready, deadline, children, stop):
             return 0

@@ -51,18 +51,38 @@ def _stop_previous() -> None:
         PIDFILE.unlink(missing_ok=True)
 
 
-def _wait_ready(url: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
+def _wait_ready(url: str, timeout_s: float, log_start: int = 0) -> None:
+    """Wait for ``url`` to answer 200, saying every few seconds what the stack's log last reported."""
+    started = time.monotonic()
+    deadline = started + timeout_s
+    next_report = started + 5
     last = ""
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(url, timeout=2) as r:
                 if r.status == 200:
+                    print(f"the stack is ready after {time.monotonic() - started:.0f} s", flush=True)
                     return
         except (urllib.error.URLError, OSError) as e:
             last = str(e)
+        if time.monotonic() >= next_report:
+            print(f"waiting for the model to load and warm up ({time.monotonic() - started:.0f} s): "
+                  f"{_last_log_line(log_start) or 'starting'}", flush=True)
+            next_report = time.monotonic() + 5
         time.sleep(0.5)
     raise SystemExit(f"the stack did not become ready at {url} within {timeout_s:.0f} s ({last}); see {OUT}/stack.log")
+
+
+def _last_log_line(start: int = 0) -> str:
+    """The last `glimpse up:` progress line this run wrote to the stack's log (from byte ``start``), if any."""
+    try:
+        with open(OUT / "stack.log", "rb") as f:
+            f.seek(start)
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return ""
+    progress = [line for line in lines if line.startswith("glimpse up: ")]
+    return progress[-1].removeprefix("glimpse up: ") if progress else ""
 
 
 def _explain(photo: Path, fmt: str, out: Path) -> None:
@@ -76,7 +96,11 @@ def _explain(photo: Path, fmt: str, out: Path) -> None:
 
 def main() -> int:
     OUT.mkdir(exist_ok=True)
-    if not _versions() or os.environ.get("GLIMPSE_DEMO_RETRAIN") == "1":
+    found = _versions()
+    if found and os.environ.get("GLIMPSE_DEMO_RETRAIN") != "1":
+        print(f"found trained version(s) {found} in {(MODELS / NAME).relative_to(ROOT)}: skipping training "
+              "(GLIMPSE_DEMO_RETRAIN=1 make demo trains and exports a new version)", flush=True)
+    else:
         _run([str(BIN / "glimpse"), "train", "--dataset", "tuxpaint", "--model", "efficientnet_lite0",
               "--image-size", "160", "--epochs", "12", "--unfreeze", "0.0", "--seed", "42",
               "--export-dir", str(MODELS), "--name", NAME, "--logdir", str(ROOT / "runs")])
@@ -84,12 +108,13 @@ def main() -> int:
 
     _stop_previous()
     log = open(OUT / "stack.log", "ab")  # noqa: SIM115 - handed to the background process
+    log_start = log.tell()
     cmd = [str(BIN / "glimpse"), "up", "--model_name", NAME, "--model_base_path", str(MODELS / NAME),
            "--port", str(GRPC_PORT), "--rest_api_port", str(REST_PORT), "--api-port", str(API_PORT)]
     print("$", " ".join(cmd), f"(background, log in {OUT.relative_to(ROOT)}/stack.log)", flush=True)
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     PIDFILE.write_text(str(proc.pid))
-    _wait_ready(f"http://127.0.0.1:{API_PORT}/readyz", timeout_s=180)
+    _wait_ready(f"http://127.0.0.1:{API_PORT}/readyz", timeout_s=180, log_start=log_start)
 
     photo = next(Path("/usr/share/tuxpaint/stamps/animals/mammals").rglob("*.png"))
     _explain(photo, "png", OUT / "demo_gradcam.png")

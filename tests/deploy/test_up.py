@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import http.server
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -119,6 +120,23 @@ def test_bad_flags_exit_2_with_a_message(argv: tuple[str, ...], message: str, ba
     assert up.run_up(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("glimpse up: ") and message in err
+
+
+def test_base_paths_missing_here_are_named_before_starting(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "models.config"
+    path.write_text(CONFIG.replace("/models/pets", str(tmp_path)))
+    assert up.missing_base_paths(path) == [("flowers", "/models/flowers")]
+    assert up.run_up(_parse("--model_config_file", str(path), "--dry-run")) == 0
+    err = capsys.readouterr().err
+    assert "model 'flowers': base_path /models/flowers does not exist on this machine" in err
+    assert "'pets'" not in err
+
+
+def test_the_deploy_config_points_at_container_paths_and_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    config = s.DEPLOY_DIR / "serving" / "models.config"
+    assert up.run_up(_parse("--model_config_file", str(config), "--dry-run")) == 0
+    assert "does not exist on this machine" in capsys.readouterr().err
 
 
 def test_a_bad_boolean_is_an_argparse_error() -> None:
@@ -240,6 +258,30 @@ def test_not_ready_in_time_stops_the_children(base_path: Path, endpoints: tuple[
         assert all(child.returncode == -15 for child in recorder.children)
     finally:
         _Handler.state = "AVAILABLE"
+
+
+def test_waiting_says_what_it_waits_for_and_the_version_states(
+    base_path: Path, endpoints: tuple[int, int], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(up, "_PROGRESS_EVERY_S", 0.2)
+    monkeypatch.setattr(_Handler, "state", "LOADING")
+    recorder = _Recorder("import time; time.sleep(30)")
+    config = _config(base_path, rest_port=endpoints[0], api_port=endpoints[1], ready_timeout_s=1.5)
+    with pytest.raises(up.UpError, match="not ready in time"):
+        up.run_embedded(config, popen=recorder)
+    out = capsys.readouterr().out
+    assert "loading model 'tuxpaint'" in out
+    assert "waiting for model 'tuxpaint' (" in out and "version 1 LOADING" in out
+
+
+def test_readiness_is_reported_with_its_time(
+    base_path: Path, endpoints: tuple[int, int], capsys: pytest.CaptureFixture[str]
+) -> None:
+    stop = threading.Event()
+    threading.Timer(3.0, stop.set).start()
+    up.run_embedded(_config(base_path, *endpoints), popen=_Recorder("import time; time.sleep(30)"), stop=stop)
+    out = capsys.readouterr().out
+    assert re.search(r"model 'tuxpaint' ready after \d+\.\d s", out) and "the explain API ready after" in out
 
 
 # --- compose ----------------------------------------------------------------------------------------------------
