@@ -56,13 +56,16 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         if name == chosen:
             configure = getattr(importlib.import_module(module), f"configure_{_func_name(name)}")
             configure(p)
+            parser.set_defaults(_command_parser=p)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default: this process's arguments) and run the command; returns its exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(argv).parse_args(argv)
+    args, unknown = build_parser(argv).parse_known_args(argv)
+    if unknown:  # said by the command's own parser, so the usage shown is the command's, not the top level's
+        args._command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     module, _ = COMMANDS[args.command]
     if args.command in TF_COMMANDS:
         load_tensorflow_quietly(args.verbose)

@@ -56,3 +56,11 @@ def test_the_version_comes_from_the_installed_distribution() -> None:
     from glimpse import __version__
 
     assert __version__ == version("glimpse")
+
+
+def test_an_unknown_flag_is_reported_with_the_commands_usage(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["api", "--no-such-flag", "1"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: glimpse api") and "unrecognized arguments: --no-such-flag 1" in err
