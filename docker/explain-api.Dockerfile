@@ -15,10 +15,12 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY docker/explain-api.requirements.txt ./
 RUN pip install --no-cache-dir -r explain-api.requirements.txt
-# Only the packages the API runs: the CLI, the wire package and the API itself (see .dockerignore for the rest).
+# Only the packages the API runs: the CLI, the wire package, rendering (images, overlays, video) and the API itself
+# (see .dockerignore for the rest).
 COPY pyproject.toml README.md ./
 COPY glimpse ./glimpse
 COPY glimpse_wire ./glimpse_wire
+COPY rendering ./rendering
 COPY explain_api ./explain_api
 # --no-deps: the project's main dependencies include TensorFlow; the requirement set above is complete.
 RUN pip install --no-cache-dir --no-deps . \

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from rendering.video import VideoLimits
+
 __all__ = ["ApiConfig", "ConfigError"]
 
 _MB = 1024 * 1024
@@ -14,6 +16,17 @@ _MB = 1024 * 1024
 
 class ConfigError(ValueError):
     """A setting that cannot be used (bad number, empty address, ...)."""
+
+
+# Settings of the video limits; the environment names them GLIMPSE_<NAME> (GLIMPSE_VIDEO_MAX_FRAMES, ...).
+_VIDEO_LIMITS = ("video_max_frames", "video_max_seconds", "video_max_frame_pixels", "video_max_bytes")
+
+
+def _number(var: str, raw: str, kind: type) -> Any:
+    try:
+        return kind(raw)
+    except ValueError as e:
+        raise ConfigError(f"{var} must be a number, got {raw!r}") from e
 
 
 def _split(value: str | None) -> tuple[str, ...]:
@@ -29,8 +42,9 @@ class ApiConfig:
     Environment variables (see ``from_env``): SERVING_ADDRESS, GLIMPSE_DEFAULT_MODEL, GLIMPSE_MODELS (more model
     names for ``GET /v1/models``, comma-separated), GLIMPSE_API_KEYS (comma-separated bearer keys; empty = no auth),
     GLIMPSE_CORS_ORIGINS (comma-separated origins or ``*``; empty = CORS off), GLIMPSE_MAX_BODY_BYTES,
-    GLIMPSE_MAX_PIXELS,
-    GLIMPSE_MAX_TOTAL_PIXELS, GLIMPSE_MAX_IMAGES, GLIMPSE_TIMEOUT_S, GLIMPSE_TOP_K.
+    GLIMPSE_MAX_PIXELS, GLIMPSE_MAX_TOTAL_PIXELS, GLIMPSE_MAX_IMAGES, GLIMPSE_TIMEOUT_S, GLIMPSE_TOP_K, and the limits
+    of ``:explain-video``: GLIMPSE_VIDEO_MAX_FRAMES, GLIMPSE_VIDEO_MAX_SECONDS, GLIMPSE_VIDEO_MAX_FRAME_PIXELS,
+    GLIMPSE_VIDEO_MAX_BYTES (``0`` = no limit).
     """
 
     serving_address: str = "localhost:8500"
@@ -53,6 +67,11 @@ class ApiConfig:
     serving_size_factor: float = 2.0
     retry_after_s: int = 5
     readiness_timeout_s: float = 3.0
+    # What one video of :explain-video may be (None = no limit): frames, seconds, pixels per frame, bytes.
+    video_max_frames: int | None = 300
+    video_max_seconds: float | None = 30.0
+    video_max_frame_pixels: int | None = 1920 * 1088
+    video_max_bytes: int | None = 20 * _MB
 
     def __post_init__(self) -> None:
         if not self.serving_address or not self.serving_address.strip():
@@ -72,6 +91,20 @@ class ApiConfig:
             raise ConfigError(f"serving_size_factor must be >= 1, got {self.serving_size_factor!r}")
         if any(not k for k in self.api_keys):
             raise ConfigError("api_keys must not contain empty keys")
+        for name in _VIDEO_LIMITS:
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigError(f"{name} must be > 0 or None, got {value!r}")
+
+    @property
+    def video_limits(self) -> VideoLimits:
+        """The limits of one video, as the video code takes them."""
+        return VideoLimits(
+            max_frames=self.video_max_frames,
+            max_seconds=self.video_max_seconds,
+            max_frame_pixels=self.video_max_frame_pixels,
+            max_bytes=self.video_max_bytes,
+        )
 
     @property
     def model_names(self) -> tuple[str, ...]:
@@ -106,10 +139,13 @@ class ApiConfig:
         for var, (name, kind) in numeric.items():
             raw = env.get(var)
             if raw:
-                try:
-                    values[name] = kind(raw)
-                except ValueError as e:
-                    raise ConfigError(f"{var} must be a number, got {raw!r}") from e
+                values[name] = _number(var, raw, kind)
+        for name in _VIDEO_LIMITS:
+            var = f"GLIMPSE_{name.upper()}"
+            raw = env.get(var)
+            if raw:
+                number = _number(var, raw, float if name == "video_max_seconds" else int)
+                values[name] = number if number > 0 else None
         known = {f.name for f in fields(cls)}
         for key, value in overrides.items():
             if key not in known:

@@ -6,8 +6,11 @@ from typing import Any
 
 from explain_api.config import ApiConfig
 from explain_api.parsing import FORMATS
-from explain_api.render import COLORMAPS
+from explain_api.video import DEFAULT_BATCH_SIZE
+from explain_api.video_routes import MAX_BATCH_SIZE, VIDEO_FIELD, VIDEO_TYPES
 from glimpse_wire import contract as c
+from rendering.render import COLORMAPS
+from rendering.video import OUTPUT_FORMATS
 
 __all__ = ["build_openapi"]
 
@@ -371,9 +374,6 @@ def _image_operation(kind: str, explain: bool, secured: list[dict[str, Any]]) ->
 
 
 def _video_operation(kind: str, secured: list[dict[str, Any]]) -> dict[str, Any]:
-    from explain_api.video import DEFAULT_BATCH_SIZE, OUTPUT_FORMATS
-    from explain_api.video_routes import MAX_BATCH_SIZE, VIDEO_FIELD, VIDEO_TYPES
-
     binary = {"type": "string", "format": "binary"}
     options: dict[str, Any] = {
         "method": {"type": "string", "enum": list(c.EXPLAIN_METHODS), "default": "gradcam"},

@@ -24,15 +24,16 @@ from typing import Any
 from flask import Request
 
 from explain_api.errors import ApiError
-from explain_api.render import COLORMAPS
+from rendering.render import COLORMAPS
 
 __all__ = [
     "EXPLAIN_OPTIONS",
     "FORMATS",
     "PREDICT_OPTIONS",
     "ImageRequest",
+    "int_field",
+    "params_field",
     "parse_image_request",
-    "parse_version_label",
 ]
 
 FORMATS: tuple[str, ...] = ("json", "png", "grid")
@@ -42,7 +43,6 @@ EXPLAIN_OPTIONS: tuple[str, ...] = (
 )  # fmt: skip
 _JSON_IMAGE_KEYS = ("image", "images")
 _RAW_TYPES = ("application/octet-stream",)
-_LABEL_RE = re.compile(r"^[A-Za-z0-9_]+$")
 _MAX_SIDE = 4096
 
 
@@ -59,13 +59,6 @@ class ImageRequest:
     heatmap_size: tuple[int, int] | None = None
     format: str | None = None  # None = let the Accept header decide
     colormap: str = "viridis"
-
-
-def parse_version_label(label: str | None) -> str | None:
-    """Version labels follow TF Serving's rule [a-zA-Z0-9_]+."""
-    if label is not None and not _LABEL_RE.match(label):
-        raise ApiError(400, f"invalid version label {label!r}: use letters, digits and underscores")
-    return label
 
 
 def _b64(item: Any, where: str) -> bytes:
@@ -87,7 +80,8 @@ def _b64(item: Any, where: str) -> bytes:
         raise ApiError(400, f"{where} is not valid base64: {e}") from e
 
 
-def _int(value: Any, name: str, low: int, high: int) -> int:
+def int_field(value: Any, name: str, low: int, high: int) -> int:
+    """An integer option (a number or its text) in [low, high]; 400 naming the field otherwise."""
     try:
         if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
             raise ValueError
@@ -107,12 +101,13 @@ def _heatmap_size(value: Any) -> tuple[int, int]:
     if isinstance(value, (list, tuple)):
         if len(value) != 2:
             raise ApiError(400, f"heatmap_size must be N, [H, W] or 'HxW', got {value!r}")
-        return _int(value[0], "heatmap_size", 1, _MAX_SIDE), _int(value[1], "heatmap_size", 1, _MAX_SIDE)
-    n = _int(value, "heatmap_size", 1, _MAX_SIDE)
+        return int_field(value[0], "heatmap_size", 1, _MAX_SIDE), int_field(value[1], "heatmap_size", 1, _MAX_SIDE)
+    n = int_field(value, "heatmap_size", 1, _MAX_SIDE)
     return n, n
 
 
-def _params_field(value: Any) -> dict[str, Any]:
+def params_field(value: Any) -> dict[str, Any]:
+    """The ``params`` option: a JSON object (or its text) of method parameters; 400 otherwise."""
     if isinstance(value, str):
         try:
             value = json.loads(value)
@@ -136,7 +131,7 @@ def _options(raw: Mapping[str, Any], kind: str) -> dict[str, Any]:
         else:
             raise ApiError(400, f"unknown field {key!r} for :{kind}; allowed: image, {', '.join(allowed)}")
     if "params" in out or extra:
-        out["params"] = {**extra, **_params_field(out.get("params", {}))}
+        out["params"] = {**extra, **params_field(out.get("params", {}))}
     return out
 
 
@@ -171,7 +166,7 @@ def _from_json(request: Request, kind: str) -> tuple[list[bytes], dict[str, Any]
     elif "target" in body:
         raise ApiError(400, f"unknown JSON field target for :{kind}")
     if "params" in options:
-        options["params"] = _params_field(options["params"])
+        options["params"] = params_field(options["params"])
     return blobs, options
 
 
@@ -248,7 +243,7 @@ def _build(blobs: list[bytes], options: dict[str, Any]) -> ImageRequest:
         params=dict(options.get("params") or {}),
         class_index=class_index,
         label=label,
-        top_k=_int(top_k, "top_k", 1, 1000) if top_k not in (None, "") else None,
+        top_k=int_field(top_k, "top_k", 1, 1000) if top_k not in (None, "") else None,
         heatmap_size=_heatmap_size(options["heatmap_size"]) if options.get("heatmap_size") not in (None, "") else None,
         format=fmt,
         colormap=colormap,

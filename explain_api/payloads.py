@@ -9,9 +9,9 @@ from urllib.parse import quote
 
 import numpy as np
 
-from explain_api import render
-from explain_api.images import DecodedImage, encode_jpeg, encode_png, pad_box
 from explain_api.service import ActivationMaps, ExplainOutcome, ImageExplanation, Prediction, PredictOutcome
+from rendering import render
+from rendering.images import DecodedImage, encode_jpeg, encode_png, pad_box
 
 __all__ = ["explain_json", "explanation_png", "model_json", "png_headers", "predict_json", "prediction_json"]
 

@@ -1,7 +1,9 @@
 """Domain functions of the explain API: model discovery, predictions, explanations, the black-box occlusion fallback.
 
-Nothing here knows HTTP beyond raising ``ApiError`` for requests that cannot be served; everything that talks to the
-model server goes through a ``glimpse_wire.client.ServingClient`` (or anything with the same methods).
+Nothing here knows HTTP: requests that cannot be served raise the domain errors of ``explain_api.exceptions`` (and
+``rendering.errors`` for pictures), which the HTTP layer maps to statuses in one table. Everything that talks to the
+model server goes through a ``glimpse_wire.client.ServingClient`` (or anything with the same methods); a model is
+addressed by ``glimpse_wire.client.ModelRef``.
 
 Model facts a remote client cannot read from the model card are taken from the server: the input size from the
 ``predict_pixels`` signature's ``images`` input ([-1, H, W, 3]), the label list from the ``classification``
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -20,10 +23,16 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+from PIL import Image
 
-from explain_api.errors import ApiError
-from explain_api.images import DecodedImage, resize_with_pad, serving_png
+from explain_api.exceptions import BadModelOutput, InvalidParameter, TooMuchWork, UnknownMethod, UnsupportedModel
+from explain_api.occlusion import occluded_copies, occlusion_geometry, occlusion_map
 from glimpse_wire import contract as c
+from glimpse_wire.booleans import parse_bool
+from glimpse_wire.client import ModelRef
+from glimpse_wire.errors import ServingError
+from rendering.images import DecodedImage, resize_with_pad, serving_png
+from rendering.render import normalize
 
 __all__ = [
     "ActivationMaps",
@@ -41,8 +50,7 @@ __all__ = [
     "ServingClientLike",
     "build_model_info",
     "explain_images",
-    "occlusion_map",
-    "occlusion_patches",
+    "parse_version_label",
     "predict_images",
     "resolve_target",
     "top_k_predictions",
@@ -68,24 +76,11 @@ BLACKBOX_PARAMS: tuple[c.MethodParam, ...] = (
     ),
     c.MethodParam("input_offset", "float32", 0.0, "Black-box only: added after input_scale.", -1e6, 1e6),
 )
-_GREY = 127.5
 _MAX_LISTED_LABELS = 50
+_LABEL_RE = re.compile(r"^[A-Za-z0-9_]+$")
 
 
 # ---------------------------------------------------------------------------------------------------------- models
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """Which servable a request means: a name plus at most one of version / version label."""
-
-    name: str
-    version: int | None = None
-    label: str | None = None
-
-    def selector(self) -> dict[str, Any]:
-        """Keyword arguments for the client."""
-        return {"version": self.version, "label": self.label}
 
 
 @dataclass(frozen=True)
@@ -182,8 +177,6 @@ def _num_classes(signatures: Mapping[str, Any]) -> int | None:
 
 
 def _probe_png() -> bytes:
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.new("RGB", (8, 8), (128, 128, 128)).save(buf, format="PNG")
     return buf.getvalue()
@@ -207,8 +200,6 @@ def build_model_info(client: ServingClientLike, ref: ModelRef, *, timeout_s: flo
     has_bytes = default is not None and c.IN_IMAGE_BYTES in _tensor_specs(default, "inputs")
     labels: tuple[str, ...] = ()
     if c.SIG_CLASSIFY in signatures:
-        from glimpse_wire.errors import ServingError
-
         try:
             result = client.classify(
                 ref.name,
@@ -284,10 +275,17 @@ class ModelCatalog:
 # ----------------------------------------------------------------------------------------------------- validation
 
 
+def parse_version_label(label: str | None) -> str | None:
+    """A version label as given, if it follows TF Serving's rule [a-zA-Z0-9_]+; ``InvalidParameter`` otherwise."""
+    if label is not None and not _LABEL_RE.match(label):
+        raise InvalidParameter(f"invalid version label {label!r}: use letters, digits and underscores")
+    return label
+
+
 def validate_method(method: Any) -> str:
-    """A known explanation method name, else 400 listing them."""
+    """A known explanation method name, else ``UnknownMethod`` listing them."""
     if not isinstance(method, str) or method not in c.EXPLAIN_METHODS:
-        raise ApiError(400, f"unknown method {method!r}; allowed: {', '.join(c.EXPLAIN_METHODS)}")
+        raise UnknownMethod(f"unknown method {method!r}; allowed: {', '.join(c.EXPLAIN_METHODS)}")
     return method
 
 
@@ -298,9 +296,12 @@ def _coerce(param: c.MethodParam, value: Any) -> int | float | bool:
             return value
         if isinstance(value, (int, float)) and value in (0, 1):
             return bool(value)
-        if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
-            return value.strip().lower() in ("true", "1", "yes", "on")
-        raise ApiError(400, f"parameter {name} must be a boolean (true/false), got {value!r}")
+        if isinstance(value, str):
+            try:
+                return parse_bool(value)
+            except ValueError:
+                pass
+        raise InvalidParameter(f"parameter {name} must be a boolean (true/false), got {value!r}")
     try:
         if isinstance(value, bool):
             raise ValueError
@@ -318,21 +319,22 @@ def _coerce(param: c.MethodParam, value: Any) -> int | float | bool:
                 raise ValueError
     except (TypeError, ValueError, OverflowError):
         kind = "an integer" if param.dtype == "int32" else "a number"
-        raise ApiError(400, f"parameter {name} must be {kind}, got {value!r}") from None
+        raise InvalidParameter(f"parameter {name} must be {kind}, got {value!r}") from None
     if (param.minimum is not None and number < param.minimum) or (param.maximum is not None and number > param.maximum):
-        raise ApiError(400, f"parameter {name}={number} is out of range [{param.minimum}, {param.maximum}]")
+        raise InvalidParameter(f"parameter {name}={number} is out of range [{param.minimum}, {param.maximum}]")
     return number
 
 
 def validate_params(method: str, raw: Mapping[str, Any] | None, *, blackbox: bool = False) -> dict[str, Any]:
-    """Check names, types and ranges of a method's parameters and fill the defaults; 400 lists what is allowed."""
+    """Check names, types and ranges of a method's parameters and fill the defaults; ``InvalidParameter`` lists what
+    is allowed."""
     allowed = list(c.METHOD_PARAMS[method]) + (list(BLACKBOX_PARAMS) if blackbox and method == "occlusion" else [])
     by_name = {p.name: p for p in allowed}
     raw = dict(raw or {})
     unknown = sorted(k for k in raw if k not in by_name)
     if unknown:
         listed = ", ".join(by_name) or "none"
-        raise ApiError(400, f"unknown parameter(s) {', '.join(unknown)} for method {method}; allowed: {listed}")
+        raise InvalidParameter(f"unknown parameter(s) {', '.join(unknown)} for method {method}; allowed: {listed}")
     return {p.name: (_coerce(p, raw[p.name]) if p.name in raw else p.default) for p in allowed}
 
 
@@ -345,12 +347,12 @@ def _label_list(labels: Sequence[str]) -> str:
 def resolve_target(info: ModelInfo, class_index: Any = None, label: Any = None) -> int:
     """The class to explain: an index, a label's index, or -1 for each image's predicted class."""
     if class_index is not None and label is not None:
-        raise ApiError(400, "give the target as class_index or as label, not both")
+        raise InvalidParameter("give the target as class_index or as label, not both")
     if label is not None:
         if not info.labels:
-            raise ApiError(400, f"model {info.name} publishes no label list; give the target as class_index")
+            raise InvalidParameter(f"model {info.name} publishes no label list; give the target as class_index")
         if not isinstance(label, str) or label not in info.labels:
-            raise ApiError(400, f"unknown label {label!r}; allowed: {_label_list(info.labels)}")
+            raise InvalidParameter(f"unknown label {label!r}; allowed: {_label_list(info.labels)}")
         return info.labels.index(label)
     if class_index is None:
         return -1
@@ -359,11 +361,11 @@ def resolve_target(info: ModelInfo, class_index: Any = None, label: Any = None) 
             raise ValueError
         index = int(class_index) if not isinstance(class_index, str) else int(class_index.strip())
     except (TypeError, ValueError, OverflowError):
-        raise ApiError(400, f"class_index must be an integer, got {class_index!r}") from None
+        raise InvalidParameter(f"class_index must be an integer, got {class_index!r}") from None
     upper = (info.num_classes - 1) if info.num_classes else None
     if index < -1 or (upper is not None and index > upper):
         bound = f"[0, {upper}]" if upper is not None else ">= 0"
-        raise ApiError(400, f"class_index {index} is out of range; allowed: {bound}, or -1 for the predicted class")
+        raise InvalidParameter(f"class_index {index} is out of range; allowed: {bound}, or -1 for the predicted class")
     return index
 
 
@@ -415,14 +417,15 @@ def _chunks(sizes: Sequence[int], budget: int, *, overhead: int = 1024) -> list[
 def _output(
     result: Any, alias: str, batch: int, tail: tuple[int, ...] | None, *, dtype: Any = np.float32
 ) -> np.ndarray:
-    """One output of a Predict result as [batch, *tail] (tail None = as returned); 502 when it is not that."""
+    """One output of a Predict result as [batch, *tail] (tail None = as returned); ``BadModelOutput`` when it is not
+    that."""
     try:
         value = np.asarray(result.outputs[alias], dtype=dtype)
         if value.ndim == 0 or value.shape[0] != batch:
             raise ValueError(f"batch {value.shape[:1]} for {batch} inputs")
         return value if tail is None else value.reshape(batch, *tail)
     except (KeyError, ValueError, TypeError) as e:
-        raise ApiError(502, f"model server returned an unusable {alias!r} output: {e}", code="BAD_GATEWAY") from e
+        raise BadModelOutput(f"model server returned an unusable {alias!r} output: {e}") from e
 
 
 def _result_version(result: Any, fallback: int | None) -> int | None:
@@ -441,25 +444,29 @@ def _pixels_probabilities(
     client: ServingClientLike,
     info: ModelInfo,
     ref: ModelRef,
-    pixels: np.ndarray,
+    count: int,
+    batch: Callable[[slice], np.ndarray],
     *,
     budget: int,
     timeout_s: float | None,
 ) -> tuple[np.ndarray, Any]:
+    """Probabilities [count, C] of ``count`` pixel inputs, ``batch(part)`` building the float [n,H,W,3] inputs of each
+    Predict call (so that a large batch never exists at once); calls are cut to the message budget."""
     sig = info.pixel_signature
-    assert sig is not None
-    per_image = int(np.prod(pixels.shape[1:])) * 4
+    assert sig is not None and info.input_size is not None
+    per_image = info.input_size[0] * info.input_size[1] * 3 * 4
     rows, last = [], None
-    for part in _chunks([per_image] * len(pixels), budget):
+    for part in _chunks([per_image] * count, budget):
+        pixels = batch(part)
         last = client.predict(
             ref.name,
-            {sig.input: np.ascontiguousarray(pixels[part], dtype=np.float32)},
+            {sig.input: np.ascontiguousarray(pixels, dtype=np.float32)},
             signature=sig.name,
             output_filter=[sig.output],
             timeout_s=timeout_s,
             **_pinned(info, ref),
         )
-        rows.append(_output(last, sig.output, len(pixels[part]), (-1,)))
+        rows.append(_output(last, sig.output, len(pixels), (-1,)))
     return np.concatenate(rows, axis=0), last
 
 
@@ -493,10 +500,11 @@ def predict_images(
     elif info.pixel_signature is not None and info.input_size is not None:
         h, w = info.input_size
         pixels = np.stack([resize_with_pad(im.rgb, h, w) for im in images])
-        probabilities, result = _pixels_probabilities(client, info, ref, pixels, budget=budget, timeout_s=timeout_s)
+        probabilities, result = _pixels_probabilities(
+            client, info, ref, len(pixels), pixels.__getitem__, budget=budget, timeout_s=timeout_s
+        )
     else:
-        raise ApiError(
-            422,
+        raise UnsupportedModel(
             f"model {ref.name} has neither a {c.SIG_DEFAULT} signature taking {c.IN_IMAGE_BYTES} "
             f"nor a float-pixels signature; it cannot be called with images",
         )
@@ -538,6 +546,8 @@ class ImageExplanation:
     predictions: tuple[Prediction, ...]
     heatmap: np.ndarray | None = field(default=None, repr=False)  # [H,W] in [0,1] at the model's input size
     activations: ActivationMaps | None = field(default=None, repr=False)  # method "activations" (no heatmap)
+    # The raw map before normalisation, where the API computed it itself (black-box occlusion); None for signatures.
+    attribution: np.ndarray | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -598,12 +608,10 @@ def explain_images(
             max_patches=max_patches,
         )
     available = ", ".join(info.available_methods) or "none"
-    raise ApiError(
-        422,
+    raise UnsupportedModel(
         f"model {ref.name} (version {info.version}) has no {c.explain_signature(method)} signature, and {method} "
         f"needs the model's gradients, which only an in-graph signature can compute. Re-export the model with "
-        f"`glimpse export` to add all explanation signatures. Available here: {available}",
-        code="UNPROCESSABLE",
+        f"`glimpse export` to add all explanation signatures. Available here: {available}"
     )
 
 
@@ -663,14 +671,10 @@ def _explain_in_graph(
     else:
         heatmap = out[c.OUT_HEATMAP]
         if heatmap.ndim != 3:
-            raise ApiError(
-                502, f"model server returned a heatmap of shape {heatmap.shape}; expected [B, H, W]", code="BAD_GATEWAY"
-            )
+            raise BadModelOutput(f"model server returned a heatmap of shape {heatmap.shape}; expected [B, H, W]")
         extras = [{"heatmap": np.clip(np.nan_to_num(hm), 0.0, 1.0)} for hm in heatmap]
     items = [
-        ImageExplanation(
-            int(idx), info.label_of(int(idx)), float(score), top_k_predictions(p, top_k, info), **extra
-        )
+        ImageExplanation(int(idx), info.label_of(int(idx)), float(score), top_k_predictions(p, top_k, info), **extra)
         for idx, score, p, extra in zip(
             out[c.OUT_CLASS_INDEX], out[c.OUT_SCORE], out[c.OUT_PROBABILITIES], extras, strict=True
         )
@@ -682,11 +686,9 @@ def _activation_maps(out: Mapping[str, np.ndarray]) -> list[ActivationMaps]:
     """Each image's grid and raw channels, cropped from the padded outputs to the sizes the server reported."""
     grids, raw = out[c.OUT_GRID], out[c.OUT_ACTIVATIONS]
     if grids.ndim != 3 or raw.ndim != 2:
-        raise ApiError(
-            502,
+        raise BadModelOutput(
             f"model server returned a grid of shape {grids.shape} and activations of shape {raw.shape}; expected "
-            "[B, rows, cols] and [B, N]",
-            code="BAD_GATEWAY",
+            "[B, rows, cols] and [B, N]"
         )
     maps = []
     for grid, (rows, cols), values, (h, w, k), layer, name in zip(
@@ -700,11 +702,9 @@ def _activation_maps(out: Mapping[str, np.ndarray]) -> list[ActivationMaps]:
     ):
         size = int(h) * int(w) * int(k)
         if not (0 < rows <= grid.shape[0] and 0 < cols <= grid.shape[1] and min(h, w, k) > 0 and size <= values.size):
-            raise ApiError(
-                502,
+            raise BadModelOutput(
                 f"model server returned inconsistent activation shapes: grid {grid.shape} of extent {(rows, cols)}, "
-                f"{values.size} values for a {(h, w, k)} layer",
-                code="BAD_GATEWAY",
+                f"{values.size} values for a {(h, w, k)} layer"
             )
         maps.append(
             ActivationMaps(
@@ -720,38 +720,6 @@ def _activation_maps(out: Mapping[str, np.ndarray]) -> list[ActivationMaps]:
 # ------------------------------------------------------------------------------------------ black-box occlusion
 
 
-def _starts(n: int, patch: int, stride: int) -> list[int]:
-    if patch >= n:
-        return [0]
-    starts = list(range(0, n - patch + 1, stride))
-    if starts[-1] + patch < n:
-        starts.append(n - patch)  # one more, flush with the border, so that every pixel is covered
-    return starts
-
-
-def occlusion_patches(height: int, width: int, patch_size: int, stride: int) -> list[tuple[int, int, int, int]]:
-    """(top, left, bottom, right) of every grey square: a grid with the given stride covering the whole input."""
-    if min(height, width, patch_size, stride) < 1:
-        raise ValueError("sizes must be positive")
-    rows, cols = _starts(height, patch_size, stride), _starts(width, patch_size, stride)
-    return [(t, left, min(t + patch_size, height), min(left + patch_size, width)) for t in rows for left in cols]
-
-
-def occlusion_map(
-    base_score: float,
-    occluded_scores: Sequence[float],
-    patches: Sequence[tuple[int, int, int, int]],
-    shape: tuple[int, int],
-) -> np.ndarray:
-    """Per pixel: the mean score drop (base - occluded) over the patches that covered it (0 where none did)."""
-    total = np.zeros(shape, dtype=np.float64)
-    count = np.zeros(shape, dtype=np.float64)
-    for (t, left, b, r), score in zip(patches, occluded_scores, strict=True):
-        total[t:b, left:r] += base_score - float(score)
-        count[t:b, left:r] += 1.0
-    return np.divide(total, count, out=np.zeros_like(total), where=count > 0).astype(np.float32)
-
-
 def _explain_blackbox(
     client: ServingClientLike,
     info: ModelInfo,
@@ -765,41 +733,36 @@ def _explain_blackbox(
     timeout_s: float | None,
     max_patches: int,
 ) -> ExplainOutcome:
+    """Occlusion through Predict calls on the pixels signature: the map of the in-graph signature (see
+    ``explain_api.occlusion``), computed from 1 + rows x cols forward passes per image, batched to the budget."""
     assert info.input_size is not None
-    from explain_api.render import normalize
-
     h, w = info.input_size
-    patch = int(params["patch_size"]) or max(1, min(h, w) // 8)
-    stride = int(params["stride"]) or patch
-    patches = occlusion_patches(h, w, patch, stride)
-    if len(patches) > max_patches:
-        raise ApiError(
-            400,
-            f"patch_size={patch} and stride={stride} give {len(patches)} occluded copies per image; "
-            f"the limit is {max_patches}: use a larger stride or patch_size",
+    grid = occlusion_geometry(h, w, int(params["patch_size"]), int(params["stride"]))
+    if grid.positions > max_patches:
+        raise TooMuchWork(
+            f"patch_size={grid.patch} and stride={grid.stride} give {grid.positions} occluded copies per image; "
+            f"the limit is {max_patches}: use a larger stride or patch_size"
         )
     scale, offset = float(params["input_scale"]), float(params["input_offset"])
     items, result = [], None
     for im in images:
         base = resize_with_pad(im.rgb, h, w)
-        batch = np.empty((len(patches) + 1, h, w, 3), dtype=np.float32)
-        batch[0] = base
-        for i, (t, left, b, r) in enumerate(patches, start=1):
-            batch[i] = base
-            batch[i, t:b, left:r, :] = _GREY
+
+        def batch(part: slice, base: np.ndarray = base) -> np.ndarray:
+            # Index 0 is the image itself, index i > 0 the copy occluded at grid position i - 1 (row-major).
+            first = base[np.newaxis] if part.start == 0 else np.empty((0, h, w, 3), np.float32)
+            copies = occluded_copies(base, grid, slice(max(part.start - 1, 0), part.stop - 1))
+            pixels = np.concatenate([first, copies]) if len(first) else copies
+            return pixels * scale + offset if (scale, offset) != (1.0, 0.0) else pixels
+
         probs, result = _pixels_probabilities(
-            client,
-            info,
-            ref,
-            batch * scale + offset if (scale, offset) != (1.0, 0.0) else batch,
-            budget=budget,
-            timeout_s=timeout_s,
+            client, info, ref, 1 + grid.positions, batch, budget=budget, timeout_s=timeout_s
         )
         base_probs = probs[0]
         cls = int(np.argmax(base_probs)) if target < 0 else target
         if cls >= base_probs.size:
-            raise ApiError(400, f"class_index {cls} is out of range; the model has {base_probs.size} classes")
-        attribution = occlusion_map(float(base_probs[cls]), probs[1:, cls], patches, (h, w))
+            raise InvalidParameter(f"class_index {cls} is out of range; the model has {base_probs.size} classes")
+        attribution = occlusion_map(probs[1:, cls], grid)
         items.append(
             ImageExplanation(
                 cls,
@@ -807,7 +770,8 @@ def _explain_blackbox(
                 float(base_probs[cls]),
                 top_k_predictions(base_probs, top_k, info),
                 normalize(attribution),
+                attribution=attribution,
             )
         )
-    used = {**params, "patch_size": patch, "stride": stride}
+    used = {**params, "patch_size": grid.patch, "stride": grid.stride}
     return ExplainOutcome(ref.name, _result_version(result, info.version), "occlusion", used, "blackbox", tuple(items))

@@ -6,8 +6,8 @@ parameters) or ``multipart/form-data`` with the file in the field ``video`` and 
 ``format`` (``mp4`` or ``gif``; default from the Accept header, else mp4), ``batch_size`` (frames per model call,
 default 8), ``colormap``, ``caption`` (true/false), ``params`` (a JSON object); any other field is a parameter of the
 method, as for ``:explain``. The answer is the video (``video/mp4`` or ``image/gif``) with ``X-Glimpse-*`` headers
-(model, version, method, frames, fps, model calls). Limits (``VideoLimits.from_env``): bytes, frames, seconds and
-pixels per frame, each a 413 with the limit in the message.
+(model, version, method, frames, fps, model calls). Limits (``ApiConfig.video_limits``): bytes, frames, seconds and
+pixels per frame, each a 413 with the limit in the message (``rendering.errors.VideoTooLarge`` in ``errors``' table).
 """
 
 from __future__ import annotations
@@ -18,13 +18,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from flask import Flask, Request, Response, request
+from flask import Blueprint, Request, Response, request
 
+from explain_api import service
+from explain_api.config import ApiConfig
+from explain_api.context import add_model_route, current_state, model_ref
 from explain_api.errors import ApiError
-from explain_api.parsing import _int, _params_field  # the same number and JSON rules as :explain
-from explain_api.video import DEFAULT_BATCH_SIZE, OUTPUT_FORMATS, VideoLimits, VideoOptions, explain_video
+from explain_api.parsing import int_field, params_field
+from explain_api.video import DEFAULT_BATCH_SIZE, VideoOptions, explain_video
+from glimpse_wire.booleans import parse_bool
+from rendering.video import OUTPUT_FORMATS
 
-__all__ = ["MAX_BATCH_SIZE", "VIDEO_FIELD", "VIDEO_OPTIONS", "VIDEO_TYPES", "register"]
+__all__ = ["MAX_BATCH_SIZE", "VIDEO_FIELD", "VIDEO_OPTIONS", "VIDEO_TYPES", "blueprint"]
 
 VIDEO_FIELD = "video"
 # Raw body content types accepted besides any video/*.
@@ -33,7 +38,8 @@ VIDEO_OPTIONS: tuple[str, ...] = (
     "method", "class_index", "label", "format", "batch_size", "colormap", "caption", "params",
 )  # fmt: skip
 MAX_BATCH_SIZE = 64
-_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+blueprint = Blueprint("video", __name__)
 
 
 def _single_valued(multi: Any, where: str) -> dict[str, str]:
@@ -70,7 +76,7 @@ def _read_body(req: Request, max_bytes: int | None) -> tuple[bytes, dict[str, st
 
 
 def _params(options: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, Any]:
-    return {**extra, **(_params_field(options["params"]) if "params" in options else {})}
+    return {**extra, **(params_field(options["params"]) if "params" in options else {})}
 
 
 def _output_format(options: Mapping[str, str], req: Request) -> str:
@@ -83,17 +89,18 @@ def _output_format(options: Mapping[str, str], req: Request) -> str:
     return fmt
 
 
-def _options(config: Any, fields: Mapping[str, str]) -> tuple[VideoOptions, dict[str, str], dict[str, str]]:
+def _options(config: ApiConfig, fields: Mapping[str, str]) -> tuple[VideoOptions, dict[str, str], dict[str, str]]:
     options = {k: v for k, v in fields.items() if k in VIDEO_OPTIONS}
     extra = {k: v for k, v in fields.items() if k not in VIDEO_OPTIONS}
-    caption = options.get("caption", "true").strip().lower()
-    if caption not in _TRUE + _FALSE:
-        raise ApiError(400, f"caption must be true or false, got {options['caption']!r}")
+    try:
+        caption = parse_bool(options.get("caption", "true"))
+    except ValueError:
+        raise ApiError(400, f"caption must be true or false, got {options['caption']!r}") from None
     try:
         video_options = VideoOptions(
-            batch_size=_int(options.get("batch_size", DEFAULT_BATCH_SIZE), "batch_size", 1, MAX_BATCH_SIZE),
+            batch_size=int_field(options.get("batch_size", DEFAULT_BATCH_SIZE), "batch_size", 1, MAX_BATCH_SIZE),
             colormap=options.get("colormap", "viridis"),
-            caption=caption in _TRUE,
+            caption=caption,
             budget=config.max_message_bytes,
             timeout_s=config.timeout_s,
             size_factor=config.serving_size_factor,
@@ -103,50 +110,44 @@ def _options(config: Any, fields: Mapping[str, str]) -> tuple[VideoOptions, dict
     return video_options, options, extra
 
 
-def register(app: Flask, limits: VideoLimits | None = None) -> None:
-    """Add the ``:explain-video`` route to an app built by ``create_app`` (limits default to the environment's)."""
-    from explain_api import service
-    from explain_api.app import _MODEL_PATHS, _ref, state
-
-    limits = limits if limits is not None else VideoLimits.from_env()
-    st = state(app)
-
-    def explain_video_view(name: str, version: int | None = None, label: str | None = None) -> Response:
-        ref = _ref(name, version, label)
-        data, body_fields = _read_body(request, limits.max_bytes)
-        fields = {**_single_valued(request.args, "query parameter"), **body_fields}
-        video_options, options, extra = _options(st.config, fields)
-        fmt = _output_format(options, request)
-        spec = service.ExplainSpec(
-            method=options.get("method", "gradcam"),
-            params=_params(options, extra),
-            class_index=options.get("class_index") or None,
-            label=options.get("label") or None,
+def explain_video_view(name: str, version: int | None = None, label: str | None = None) -> Response:
+    st = current_state()
+    limits = st.config.video_limits
+    ref = model_ref(name, version, label)
+    data, body_fields = _read_body(request, limits.max_bytes)
+    fields = {**_single_valued(request.args, "query parameter"), **body_fields}
+    video_options, options, extra = _options(st.config, fields)
+    fmt = _output_format(options, request)
+    spec = service.ExplainSpec(
+        method=options.get("method", "gradcam"),
+        params=_params(options, extra),
+        class_index=options.get("class_index") or None,
+        label=options.get("label") or None,
+    )
+    service.validate_method(spec.method)
+    st.metrics.observe_image(len(data))
+    with tempfile.TemporaryDirectory(prefix="glimpse-video-") as tmp:
+        source = Path(tmp) / "input"
+        source.write_bytes(data)
+        del data
+        destination = Path(tmp) / f"explained.{fmt}"
+        report = explain_video(
+            st.client, st.catalog, ref, source, destination, spec, options=video_options, limits=limits
         )
-        service.validate_method(spec.method)
-        st.metrics.observe_image(len(data))
-        with tempfile.TemporaryDirectory(prefix="glimpse-video-") as tmp:
-            source = Path(tmp) / "input"
-            source.write_bytes(data)
-            del data
-            destination = Path(tmp) / f"explained.{fmt}"
-            report = explain_video(
-                st.client, st.catalog, ref, source, destination, spec, options=video_options, limits=limits
-            )
-            body = destination.read_bytes()
-        response = Response(body, mimetype=OUTPUT_FORMATS[fmt])
-        response.headers.update(
-            {
-                "Content-Disposition": f'inline; filename="explained.{fmt}"',
-                "X-Glimpse-Model": quote(report.model, safe=""),
-                "X-Glimpse-Version": str(report.version),
-                "X-Glimpse-Method": report.method,
-                "X-Glimpse-Frames": str(report.frames),
-                "X-Glimpse-Fps": f"{report.fps:g}",
-                "X-Glimpse-Calls": str(report.calls),
-            }
-        )
-        return response
+        body = destination.read_bytes()
+    response = Response(body, mimetype=OUTPUT_FORMATS[fmt])
+    response.headers.update(
+        {
+            "Content-Disposition": f'inline; filename="explained.{fmt}"',
+            "X-Glimpse-Model": quote(report.model, safe=""),
+            "X-Glimpse-Version": str(report.version),
+            "X-Glimpse-Method": report.method,
+            "X-Glimpse-Frames": str(report.frames),
+            "X-Glimpse-Fps": f"{report.fps:g}",
+            "X-Glimpse-Calls": str(report.calls),
+        }
+    )
+    return response
 
-    for path in _MODEL_PATHS:
-        app.add_url_rule(path + ":explain-video", "explain_video", explain_video_view, methods=["POST"])
+
+add_model_route(blueprint, ":explain-video", explain_video_view, ["POST"])

@@ -23,7 +23,7 @@ __all__ = ["SUITES", "configure_bench", "run_bench", "format_rows", "machine_des
 SUITES: dict[str, str] = {
     "explain": "glimpse.bench_explain:run_explain_benchmarks",
     "serving": "serving.bench:run_serving_benchmarks",
-    "api": "explain_api.bench:run_api_benchmarks",
+    "api": "glimpse.bench_api:run_api_benchmarks",
     "pipeline": "training.train:run_pipeline_benchmarks",
 }
 

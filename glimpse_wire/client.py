@@ -115,11 +115,20 @@ def _positive(value: Any) -> bool:
 
 @dataclass(frozen=True)
 class ModelRef:
-    """The servable that answered: model name, version (None when the server did not say) and signature key."""
+    """A servable: model name, version (None = latest or not said), signature key, and version label.
+
+    Results carry the one that answered (name, version, signature). Callers that address a model use name plus at most
+    one of ``version`` / ``label`` (TF Serving's version labels); ``selector()`` gives the client's keyword arguments.
+    """
 
     name: str
     version: int | None = None
     signature: str = ""
+    label: str | None = None
+
+    def selector(self) -> dict[str, Any]:
+        """``version=`` and ``label=`` keyword arguments for the client's methods."""
+        return {"version": self.version, "label": self.label}
 
     @classmethod
     def from_spec(cls, spec: ModelSpec) -> ModelRef:

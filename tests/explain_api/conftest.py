@@ -2,58 +2,17 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
-from pathlib import Path
 
-import numpy as np
 import pytest
 from flask import Flask
-from PIL import Image
 
 from explain_api.app import create_app
 from explain_api.config import ApiConfig
 from tests.explain_api.fakes import FakeServing
 
-TUX_STAMPS = Path("/usr/share/tuxpaint/stamps")
-
-
-def encode(array_or_image: np.ndarray | Image.Image, fmt: str = "PNG", **save: object) -> bytes:
-    im = array_or_image if isinstance(array_or_image, Image.Image) else Image.fromarray(array_or_image)
-    buf = io.BytesIO()
-    im.save(buf, format=fmt, **save)
-    return buf.getvalue()
-
-
-def solid(color: tuple[int, int, int], size: tuple[int, int] = (60, 40), fmt: str = "PNG") -> bytes:
-    """An image of one colour; size is (width, height)."""
-    return encode(Image.new("RGB", size, color), fmt)
-
-
-@pytest.fixture(scope="session")
-def chelsea() -> np.ndarray:
-    import skimage.data
-
-    return skimage.data.chelsea()
-
-
-@pytest.fixture(scope="session")
-def chelsea_png(chelsea: np.ndarray) -> bytes:
-    return encode(chelsea, "PNG")
-
-
-@pytest.fixture(scope="session")
-def chelsea_jpeg(chelsea: np.ndarray) -> bytes:
-    return encode(chelsea, "JPEG", quality=90)
-
-
-@pytest.fixture(scope="session")
-def tux_photo() -> bytes:
-    """A real RGBA cut-out photo from Tux Paint's stamps (skips when the Debian package is absent)."""
-    candidates = sorted(TUX_STAMPS.glob("animals/birds/*.png"))
-    if not candidates:
-        pytest.skip("tuxpaint-stamps-default is not installed (/usr/share/tuxpaint/stamps)")
-    return candidates[0].read_bytes()
+# The photo fixtures and image helpers are the rendering tests'; the API tests upload the same pictures.
+from tests.rendering.conftest import chelsea, chelsea_jpeg, chelsea_png, encode, solid, tux_photo  # noqa: F401
 
 
 @pytest.fixture

@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from explain_api.images import pad_box
 from glimpse_wire import contract as c
 from glimpse_wire.client import (
     ClassifyResult,
@@ -35,6 +34,7 @@ from glimpse_wire.client import (
     build_explain_inputs,
 )
 from glimpse_wire.errors import FailedPrecondition, InvalidArgument, NotFound
+from rendering.images import pad_box
 
 LABELS = ("red", "green", "blue")
 ACTIVATION_LAYERS = ("pixels", "pooled")

@@ -95,7 +95,7 @@ except SystemExit as e:
     assert e.code == 0, e.code
 from explain_api.app import create_app
 from explain_api.config import ApiConfig
-import explain_api.__main__, explain_api.wsgi, explain_api.bench
+import explain_api.__main__, explain_api.wsgi, explain_api.video, rendering.video
 app = create_app(ApiConfig(serving_address="127.0.0.1:1", default_model="m", readiness_timeout_s=0.5))
 client = app.test_client()
 assert client.get("/healthz").status_code == 200

@@ -25,12 +25,12 @@ from PIL import Image
 from explain_api import service
 from explain_api.app import create_app, state
 from explain_api.config import ApiConfig
-from explain_api.images import decode_image
 from glimpse_wire import contract as c
-from glimpse_wire.client import ClientConfig, ServingClient
+from glimpse_wire.client import ClientConfig, ModelRef, ServingClient
+from rendering.images import decode_image
 from tests.conftest import _free_port
 from tests.explain_api.browser import chromium, run_page_session, serve_http
-from tests.explain_api.conftest import encode
+from tests.rendering.conftest import encode
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -293,7 +293,7 @@ def test_predict_and_explain_agree(http, served: Served, photos: list[bytes], me
 def test_blackbox_occlusion_on_a_real_server(api, served: Served, photos: list[bytes]) -> None:
     """The fallback path (built for models without explain_* signatures) run against the real predict_pixels."""
     st = state(api)
-    info = st.catalog.get(service.ModelRef(served.name))
+    info = st.catalog.get(ModelRef(served.name))
     blackbox = dataclasses.replace(info, methods=())
     assert blackbox.fallback_methods == ("occlusion",)
 
@@ -305,7 +305,7 @@ def test_blackbox_occlusion_on_a_real_server(api, served: Served, photos: list[b
     out = service.explain_images(
         st.client,
         Fixed(),
-        service.ModelRef(served.name),
+        ModelRef(served.name),
         [image],
         service.ExplainSpec("occlusion"),
         top_k=3,
@@ -316,6 +316,62 @@ def test_blackbox_occlusion_on_a_real_server(api, served: Served, photos: list[b
     assert item.heatmap.shape == info.input_size and 0 <= item.heatmap.min() and item.heatmap.max() <= 1
     assert item.heatmap.max() > 0 and 0 <= item.score <= 1
     assert item.label in served.class_names
+
+
+class _BlackBox:
+    """A catalog that hides the model's explain_* signatures, so that ``explain_images`` takes the black-box path."""
+
+    def __init__(self, info: service.ModelInfo) -> None:
+        self.info = dataclasses.replace(info, methods=())
+
+    def get(self, ref: ModelRef) -> service.ModelInfo:
+        return self.info
+
+
+@pytest.mark.parametrize(
+    ("params", "class_index"),
+    [({}, -1), ({"patch_size": 8, "stride": 8}, -1), ({"patch_size": 10, "stride": 6}, 1), ({"patch_size": 7}, 0)],
+)
+def test_blackbox_occlusion_agrees_with_the_in_graph_signature(
+    api, served: Served, photos: list[bytes], params: dict, class_index: int
+) -> None:
+    """One occlusion: on the same exported model and image, the NumPy map computed from Predict calls on
+    predict_pixels equals the explain_occlusion signature's (same grid, grey, score and resize)."""
+    st = state(api)
+    info = st.catalog.get(ModelRef(served.name))
+    height, width = info.input_size
+    # At the model's input size, both paths see the same pixels: neither resizes (TF and Pillow would differ a bit).
+    rgb = np.asarray(Image.open(io.BytesIO(photos[2])).convert("RGB").resize((width, height)), dtype=np.uint8)
+    png = encode(rgb, "PNG")
+    graph = st.client.explain(
+        served.name,
+        "occlusion",
+        [png],
+        class_index=[class_index],
+        params=service.validate_params("occlusion", params),
+        timeout_s=60.0,
+    )
+    out = service.explain_images(
+        st.client,
+        _BlackBox(info),
+        ModelRef(served.name),
+        [decode_image(png, max_pixels=10**8)],
+        service.ExplainSpec("occlusion", params, class_index=class_index),
+        top_k=3,
+        budget=st.config.max_message_bytes,
+        timeout_s=60.0,
+    )
+    assert out.via == "blackbox"
+    item = out.images[0]
+    assert item.class_index == int(graph.outputs[c.OUT_CLASS_INDEX][0])
+    assert item.score == pytest.approx(float(graph.outputs[c.OUT_SCORE][0]), abs=1e-5)
+    in_graph = np.asarray(graph.outputs[c.OUT_ATTRIBUTION][0], dtype=np.float32)
+    assert item.attribution.shape == in_graph.shape == (height, width)
+    assert np.abs(item.attribution - in_graph).max() <= 1e-4
+    spread = float(in_graph.max() - in_graph.min())
+    assert spread > 1e-3  # a map with structure, not two flat arrays that agree trivially
+    # The heatmaps are both min-max normalised attributions: they agree up to the attribution tolerance over the spread.
+    assert np.abs(item.heatmap - np.asarray(graph.outputs[c.OUT_HEATMAP][0])).max() <= 2e-4 / spread
 
 
 # ------------------------------------------------------------------------------------------------ bad input, auth

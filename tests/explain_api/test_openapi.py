@@ -19,8 +19,8 @@ from schemathesis.specs.openapi.checks import (
 from explain_api.app import create_app
 from explain_api.config import ApiConfig
 from explain_api.openapi import build_openapi
-from tests.explain_api.conftest import solid
 from tests.explain_api.fakes import FakeServing
+from tests.rendering.conftest import solid
 
 _APP = create_app(ApiConfig(default_model="tiny", models=("tiny",)), FakeServing())
 schema = schemathesis.openapi.from_wsgi("/openapi.json", _APP)

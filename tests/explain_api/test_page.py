@@ -13,8 +13,8 @@ import pytest
 
 from tests.explain_api.browser import chromium, serve_http
 from tests.explain_api.browser import run_page_session as _session
-from tests.explain_api.conftest import encode
 from tests.explain_api.fakes import FakeServing
+from tests.rendering.conftest import encode
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

@@ -22,20 +22,17 @@ from PIL import Image
 from explain_api import service
 from explain_api.app import create_app
 from explain_api.config import ApiConfig
-from explain_api.errors import ApiError
-from explain_api.video import (
-    VideoLimits,
-    VideoOptions,
-    caption_frame,
-    configure_explain_video,
-    explain_video,
-    output_format,
-    read_frames,
-)
+from explain_api.errors import status_for
+from explain_api.exceptions import BadModelOutput, ExplainError, UnknownMethod, UnsupportedModel
+from explain_api.video import VideoOptions, configure_explain_video, exit_code, explain_video
 from glimpse.cli import main as glimpse_main
+from glimpse_wire.client import ModelRef
+from glimpse_wire.errors import InvalidArgument, NotFound, Unavailable
+from rendering.errors import EncoderError, InvalidImage, InvalidVideo, RenderingError, VideoTooLarge
+from rendering.video import VideoLimits, output_format, read_frames
 from tests.explain_api import test_integration as _integration
-from tests.explain_api.conftest import TUX_STAMPS
 from tests.explain_api.fakes import FakeServing
+from tests.rendering.conftest import TUX_STAMPS
 
 # The session's `glimpse serve` with the exported tiny model (defined with the other API integration tests).
 served = _integration.served
@@ -126,7 +123,7 @@ def _explain(fake: FakeServing, source: Path, destination: Path, **kw: object):
     return explain_video(
         fake,
         service.ModelCatalog(fake),
-        service.ModelRef("tiny"),
+        ModelRef("tiny"),
         source,
         destination,
         service.ExplainSpec(method=str(kw.pop("method", "gradcam"))),
@@ -189,17 +186,6 @@ def test_odd_frame_sizes_are_padded_to_even_for_h264(tmp_path: Path) -> None:
     assert out.shape == (3, 62, 94, 3) and (report.width, report.height) == (94, 62) and fps == 25
 
 
-def test_caption_writes_on_a_band_at_the_top_only() -> None:
-    frame = np.full((120, 200, 3), 200, dtype=np.uint8)
-    captioned = caption_frame(frame, "vehicle 0.97")
-    changed_rows = np.nonzero(np.any(captioned != frame, axis=(1, 2)))[0]
-    assert changed_rows.min() == 0 and changed_rows.max() < 40
-    band = captioned[: changed_rows.max() + 1]
-    assert (band > 200).all(axis=-1).sum() > 20, "no light text on the band"
-    assert band.mean() < frame.mean()
-    assert caption_frame(frame, "a").shape == frame.shape
-
-
 @pytest.mark.parametrize(
     ("data", "status", "message"),
     [
@@ -213,9 +199,9 @@ def test_inputs_that_are_not_videos_are_400(tmp_path: Path, data: bytes, status:
     source = tmp_path / "input"
     source.write_bytes(data)
     fake = FakeServing()
-    with pytest.raises(ApiError) as err:
+    with pytest.raises(InvalidVideo) as err:
         _explain(fake, source, tmp_path / "out.mp4")
-    assert (err.value.status, message in err.value.message) == (status, True), err.value.message
+    assert (status_for(err.value)[0], message in err.value.message) == (status, True), err.value.message
     assert fake.calls == [] and list(tmp_path.iterdir()) == [source]
 
 
@@ -229,9 +215,9 @@ def test_inputs_that_are_not_videos_are_400(tmp_path: Path, data: bytes, status:
     ],
 )
 def test_limits_are_413_and_leave_no_file(clip: Clip, tmp_path: Path, limits: VideoLimits, message: str) -> None:
-    with pytest.raises(ApiError) as err:
+    with pytest.raises(VideoTooLarge) as err:
         _explain(FakeServing(), clip.mp4, tmp_path / "out.mp4", limits=limits)
-    assert err.value.status == 413 and message in err.value.message, err.value.message
+    assert status_for(err.value)[0] == 413 and message in err.value.message, err.value.message
     assert list(tmp_path.iterdir()) == []
 
 
@@ -243,26 +229,58 @@ def test_frame_limit_holds_while_streaming_when_the_header_says_nothing(clip: Cl
     meta, frames = read_frames(raw)
     assert (meta.duration_s, meta.frames_hint, len(list(frames))) == (None, None, FRAMES)
     fake = FakeServing()
-    with pytest.raises(ApiError, match="more than 7 frames") as err:
+    with pytest.raises(VideoTooLarge, match="more than 7 frames") as err:
         _explain(fake, raw, tmp_path / "out.gif", limits=VideoLimits(max_frames=7))
-    assert err.value.status == 413 and len(fake.calls_of("Predict")) == 1
+    assert status_for(err.value)[0] == 413 and len(fake.calls_of("Predict")) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pan.h264"]
 
 
 def test_unknown_method_and_output_format_are_400(clip: Clip, tmp_path: Path) -> None:
-    with pytest.raises(ApiError, match="unknown method 'lime'"):
+    with pytest.raises(UnknownMethod, match="unknown method 'lime'") as err:
         _explain(FakeServing(), clip.mp4, tmp_path / "out.mp4", method="lime")
-    with pytest.raises(ApiError, match=r"\.mp4 or \.gif"):
+    assert status_for(err.value)[0] == 400
+    with pytest.raises(InvalidVideo, match=r"\.mp4 or \.gif") as bad:
         output_format(tmp_path / "out.avi")
+    assert status_for(bad.value)[0] == 400
     with pytest.raises(ValueError, match="batch_size"):
         VideoOptions(batch_size=0)
 
 
 def test_limits_from_the_environment() -> None:
-    limits = VideoLimits.from_env({"GLIMPSE_VIDEO_MAX_FRAMES": "50", "GLIMPSE_VIDEO_MAX_SECONDS": "0"})
+    config = ApiConfig.from_env({"GLIMPSE_VIDEO_MAX_FRAMES": "50", "GLIMPSE_VIDEO_MAX_SECONDS": "0"})
+    limits = config.video_limits
     assert (limits.max_frames, limits.max_seconds, limits.max_bytes) == (50, None, VideoLimits().max_bytes)
+    assert ApiConfig().video_limits == VideoLimits()
     with pytest.raises(ValueError, match="GLIMPSE_VIDEO_MAX_BYTES"):
-        VideoLimits.from_env({"GLIMPSE_VIDEO_MAX_BYTES": "lots"})
+        ApiConfig.from_env({"GLIMPSE_VIDEO_MAX_BYTES": "lots"})
+    with pytest.raises(ValueError, match="video_max_frames"):
+        ApiConfig(video_max_frames=0)
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (InvalidVideo("x"), 2),
+        (VideoTooLarge("x"), 2),
+        (InvalidImage("x"), 2),
+        (UnknownMethod("x"), 2),
+        (UnsupportedModel("x"), 2),
+        (ValueError("x"), 2),
+        (NotFound("x"), 2),
+        (InvalidArgument("x"), 2),
+        (BadModelOutput("x"), 1),
+        (EncoderError("x"), 1),
+        (Unavailable("x"), 1),
+        (RuntimeError("x"), 1),
+    ],
+)
+def test_cli_exit_codes_come_from_the_domain_errors(error: Exception, code: int) -> None:
+    """Bad input (the user's to fix) exits 2, failures of the model server or the machine 1: the same split as the
+    4xx / 5xx statuses of the API, decided without them."""
+    assert exit_code(error) == code
+    row = status_for(error)
+    if isinstance(error, (RenderingError, ExplainError)) and not isinstance(error, EncoderError):
+        assert (row[0] < 500) == (code == 2), row
 
 
 # ----------------------------------------------------------------------------------------------- API (fake model)
@@ -329,10 +347,18 @@ def test_route_bad_requests(video_app, clip: Clip, body, content_type, query, st
 
 def test_route_limits_come_from_the_environment(monkeypatch, fake: FakeServing, clip: Clip) -> None:
     monkeypatch.setenv("GLIMPSE_VIDEO_MAX_FRAMES", "5")
-    app = create_app(ApiConfig(default_model="tiny"), fake)
+    app = create_app(ApiConfig.from_env(default_model="tiny"), fake)
     response = app.test_client().post("/v1/models/tiny:explain-video", data=clip.mp4.read_bytes(),
                                       content_type="video/mp4")  # fmt: skip
     assert response.status_code == 413 and "limit is 5" in response.get_json()["error"]["message"]
+    assert fake.calls_of("Predict") == []
+
+
+def test_route_limits_come_from_the_one_config(fake: FakeServing, clip: Clip) -> None:
+    app = create_app(ApiConfig(default_model="tiny", video_max_bytes=1000), fake)
+    response = app.test_client().post("/v1/models/tiny:explain-video", data=clip.mp4.read_bytes(),
+                                      content_type="video/mp4")  # fmt: skip
+    assert response.status_code == 413 and "limit is 1000" in response.get_json()["error"]["message"]
     assert fake.calls_of("Predict") == []
 
 

@@ -1,12 +1,12 @@
-"""Colormaps, overlays at the original size with the padding undone, grids, downsampling (explain_api.render)."""
+"""Colormaps, overlays at the original size with the padding undone, grids, downsampling (rendering.render)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from explain_api import render
-from explain_api.images import pad_box
+from rendering import render
+from rendering.images import pad_box
 
 
 @pytest.mark.parametrize(("name", "max_error", "mean_error"), [("jet", 1.0, 0.5), ("viridis", 16.0, 2.0)])

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from explain_api.images import PadBox, pad_box
+from rendering.images import PadBox, pad_box
 
 __all__ = [
     "COLORMAPS",

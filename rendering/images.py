@@ -1,7 +1,8 @@
 """Decode and validate uploaded images with Pillow, before anything is sent to the model server.
 
-Every failure is an ``ApiError``: 413 for images over the pixel limit (decompression bombs included), 400 for
-anything that is not a complete JPEG/PNG/GIF/BMP/WebP image. Accepted images come out as RGB ``uint8`` arrays in
+Every failure is a ``rendering.errors.ImageError``: ``ImageTooLarge`` for images over the pixel limit (decompression
+bombs included), ``UnsupportedFormat`` for files of another format, ``InvalidImage`` for anything else that is not a
+complete JPEG/PNG/GIF/BMP/WebP image. Accepted images come out as RGB ``uint8`` arrays in
 their displayed orientation (EXIF applied, alpha composited on white, CMYK/16-bit/grey converted), and are
 re-encoded as PNG for the model's ``image_bytes`` input (which decodes JPEG/PNG/GIF/BMP, not WebP).
 
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from explain_api.errors import ApiError
+from rendering.errors import ImageError, ImageTooLarge, InvalidImage, UnsupportedFormat
 
 __all__ = [
     "ALLOWED_FORMATS",
@@ -29,10 +30,12 @@ __all__ = [
     "PadBox",
     "decode_image",
     "decode_images",
+    "encode_jpeg",
     "encode_png",
     "pad_box",
     "resize_with_pad",
     "serving_png",
+    "to_rgb",
 ]
 
 # Pillow format ids accepted (its JPEG opener also yields "MPO", the multi-picture JPEGs of cameras).
@@ -79,7 +82,7 @@ def _open(data: bytes) -> Image.Image:
         return Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS))
 
 
-def _to_rgb(im: Image.Image) -> Image.Image:
+def to_rgb(im: Image.Image) -> Image.Image:
     mode = im.mode
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         arr = np.asarray(im, dtype=np.float64)
@@ -102,28 +105,28 @@ def _to_rgb(im: Image.Image) -> Image.Image:
 
 
 def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
-    """Validate and decode one image; raises ``ApiError`` (400 or 413) with a message saying what is wrong."""
+    """Validate and decode one image; raises an ``ImageError`` with a message saying what is wrong."""
     if not data:
-        raise ApiError(400, "empty image: no bytes received")
+        raise InvalidImage("empty image: no bytes received")
     try:
         im = _open(data)
     except Image.DecompressionBombError as e:
-        raise ApiError(413, f"image has too many pixels (decompression bomb guard); the limit is {max_pixels}") from e
+        raise ImageTooLarge(f"image has too many pixels (decompression bomb guard); the limit is {max_pixels}") from e
     except UnidentifiedImageError as e:
-        raise ApiError(400, f"not a decodable image; accepted formats: {_FORMAT_NAMES}") from e
+        raise UnsupportedFormat(f"not a decodable image; accepted formats: {_FORMAT_NAMES}") from e
     except (OSError, SyntaxError, ValueError, TypeError, struct.error) as e:
-        raise ApiError(400, f"corrupt image header: {e}") from e
+        raise InvalidImage(f"corrupt image header: {e}") from e
     with im:
         fmt = im.format or "?"
         width, height = im.size
         if width <= 0 or height <= 0:
-            raise ApiError(400, f"image has no pixels ({width}x{height})")
+            raise InvalidImage(f"image has no pixels ({width}x{height})")
         if width * height > max_pixels:
-            raise ApiError(413, f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
+            raise ImageTooLarge(f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
         try:
             im.verify()
         except Exception as e:  # Pillow raises many types for broken files (SyntaxError, OSError, struct.error ...)
-            raise ApiError(400, f"corrupt {fmt} image: {e}") from e
+            raise InvalidImage(f"corrupt {fmt} image: {e}") from e
     try:
         with _open(data) as im:
             if getattr(im, "n_frames", 1) > 1:
@@ -134,15 +137,15 @@ def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
                 oriented = ImageOps.exif_transpose(im)
             except Exception:  # unreadable EXIF: keep the stored orientation rather than reject the photo
                 oriented = im.copy()
-            rgb = np.array(_to_rgb(oriented), dtype=np.uint8)
-    except ApiError:
+            rgb = np.array(to_rgb(oriented), dtype=np.uint8)
+    except ImageError:
         raise
     except Image.DecompressionBombError as e:
-        raise ApiError(413, f"image has too many pixels; the limit is {max_pixels}") from e
+        raise ImageTooLarge(f"image has too many pixels; the limit is {max_pixels}") from e
     except Exception as e:
-        raise ApiError(400, f"cannot decode {fmt} image (truncated or corrupt): {e}") from e
+        raise InvalidImage(f"cannot decode {fmt} image (truncated or corrupt): {e}") from e
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
-        raise ApiError(400, f"image decoded to an unusable shape {rgb.shape}")
+        raise InvalidImage(f"image decoded to an unusable shape {rgb.shape}")
     return DecodedImage(rgb=rgb, format=fmt, n_bytes=len(data), original=data if plain else None)
 
 
@@ -163,24 +166,25 @@ def decode_images(
 ) -> list[DecodedImage]:
     """Decode several uploads; a failure names the image (``image 2: ...``) when there is more than one.
 
-    ``max_total_pixels`` bounds the pixels of all images together (413), which bounds the request's memory.
+    ``max_total_pixels`` bounds the pixels of all images together (``ImageTooLarge``), which bounds the request's
+    memory.
     """
     if max_total_pixels is not None and len(blobs) > 1:
         declared = sum(_declared_pixels(blob) for blob in blobs)  # headers only: refuse before decoding anything
         if declared > max_total_pixels:
-            raise ApiError(413, f"the images of this request have more than {max_total_pixels} pixels together")
+            raise ImageTooLarge(f"the images of this request have more than {max_total_pixels} pixels together")
     decoded: list[DecodedImage] = []
     total = 0
     for i, blob in enumerate(blobs):
         try:
             image = decode_image(blob, max_pixels=max_pixels)
-        except ApiError as e:
+        except ImageError as e:
             if len(blobs) > 1:
-                raise ApiError(e.status, f"image {i + 1}: {e.message}", code=e.code) from e
+                raise type(e)(f"image {i + 1}: {e.message}") from e
             raise
         total += image.width * image.height
         if max_total_pixels is not None and total > max_total_pixels:
-            raise ApiError(413, f"the images of this request have more than {max_total_pixels} pixels together")
+            raise ImageTooLarge(f"the images of this request have more than {max_total_pixels} pixels together")
         decoded.append(image)
     return decoded
 

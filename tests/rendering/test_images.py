@@ -1,4 +1,4 @@
-"""Upload decoding and validation (explain_api.images) on real photos and hand-made broken files."""
+"""Upload decoding and validation (rendering.images) on real photos and hand-made broken files."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from explain_api.errors import ApiError
-from explain_api.images import decode_image, decode_images, pad_box, resize_with_pad, serving_png
-from tests.explain_api.conftest import encode, solid
+from rendering.errors import ImageError, ImageTooLarge, InvalidImage, UnsupportedFormat
+from rendering.images import decode_image, decode_images, pad_box, resize_with_pad, serving_png
+from tests.rendering.conftest import encode, solid
 
 LIMIT = 40_000_000
 
@@ -32,8 +32,8 @@ def png_with_header(width: int, height: int, idat: bytes = b"") -> bytes:
     )
 
 
-def _error(data: bytes, limit: int = LIMIT) -> ApiError:
-    with pytest.raises(ApiError) as info:
+def _error(data: bytes, limit: int = LIMIT) -> ImageError:
+    with pytest.raises(ImageError) as info:
         decode_image(data, max_pixels=limit)
     return info.value
 
@@ -122,49 +122,49 @@ def test_palette_transparency_is_composited() -> None:
     assert tuple(rgb[1, 1]) == (255, 255, 255)
 
 
-def test_empty_and_garbage_bytes_are_400() -> None:
-    assert _error(b"").status == 400
+def test_empty_and_garbage_bytes_are_invalid() -> None:
+    assert isinstance(_error(b""), InvalidImage)
     err = _error(b"this is not an image at all")
-    assert err.status == 400 and "JPEG, PNG, GIF, BMP, WebP" in err.message
+    assert isinstance(err, UnsupportedFormat) and "JPEG, PNG, GIF, BMP, WebP" in err.message
 
 
 def test_other_formats_are_refused(chelsea: np.ndarray) -> None:
     err = _error(encode(chelsea, "TIFF"))
-    assert err.status == 400 and "accepted formats" in err.message
+    assert isinstance(err, UnsupportedFormat) and "accepted formats" in err.message
 
 
-def test_zero_sized_image_is_400() -> None:
+def test_zero_sized_image_is_invalid() -> None:
     for w, h in ((0, 0), (0, 10), (10, 0)):
         err = _error(png_with_header(w, h))
-        assert err.status == 400, (w, h, err)
+        assert isinstance(err, InvalidImage), (w, h, err)
 
 
-def test_pixel_limit_is_413_before_decoding() -> None:
+def test_pixel_limit_is_too_large_before_decoding() -> None:
     err = _error(png_with_header(8000, 6000))  # 48 MP, over the 40 MP limit; the data is never read
-    assert err.status == 413 and "8000x6000" in err.message
-    assert _error(solid((1, 2, 3), (300, 200)), limit=300 * 200 - 1).status == 413
+    assert isinstance(err, ImageTooLarge) and "8000x6000" in err.message
+    assert isinstance(_error(solid((1, 2, 3), (300, 200)), limit=300 * 200 - 1), ImageTooLarge)
     assert decode_image(solid((1, 2, 3), (300, 200)), max_pixels=300 * 200).width == 300
 
 
-def test_decompression_bomb_header_is_413() -> None:
+def test_decompression_bomb_header_is_too_large() -> None:
     err = _error(png_with_header(60000, 60000), limit=10**10)  # 3.6 GP: Pillow's own bomb guard fires first
-    assert err.status == 413
+    assert isinstance(err, ImageTooLarge)
 
 
-def test_truncated_files_are_400(chelsea_jpeg: bytes, chelsea_png: bytes) -> None:
+def test_truncated_files_are_invalid(chelsea_jpeg: bytes, chelsea_png: bytes) -> None:
     for data in (chelsea_jpeg[: len(chelsea_jpeg) // 2], chelsea_png[: len(chelsea_png) // 2]):
         err = _error(data)
-        assert err.status == 400, err
+        assert isinstance(err, InvalidImage), err
 
 
-def test_header_with_missing_data_is_400() -> None:
-    assert _error(png_with_header(64, 64, idat=b"\x00" * 10)).status == 400
+def test_header_with_missing_data_is_invalid() -> None:
+    assert isinstance(_error(png_with_header(64, 64, idat=b"\x00" * 10)), InvalidImage)
 
 
 def test_decode_images_names_the_bad_one(chelsea_png: bytes) -> None:
-    with pytest.raises(ApiError) as info:
+    with pytest.raises(ImageError) as info:
         decode_images([chelsea_png, b"nope"], max_pixels=LIMIT)
-    assert info.value.status == 400 and info.value.message.startswith("image 2:")
+    assert isinstance(info.value, InvalidImage) and info.value.message.startswith("image 2:")
     assert len(decode_images([chelsea_png, chelsea_png], max_pixels=LIMIT)) == 2
 
 
@@ -208,25 +208,25 @@ def test_resize_with_pad_pads_with_zeros() -> None:
 def test_total_pixels_of_a_request_are_bounded() -> None:
     blobs = [solid((1, 2, 3), (100, 100))] * 3
     assert len(decode_images(blobs, max_pixels=LIMIT, max_total_pixels=30_000)) == 3
-    with pytest.raises(ApiError) as info:
+    with pytest.raises(ImageError) as info:
         decode_images(blobs, max_pixels=LIMIT, max_total_pixels=29_999)
-    assert info.value.status == 413 and "29999 pixels together" in info.value.message
+    assert isinstance(info.value, ImageTooLarge) and "29999 pixels together" in info.value.message
 
 
 def test_the_configured_limit_decides_below_pillows_bomb_error() -> None:
     # 100 MP: above Pillow's warning threshold (89 MP), below its error (179 MP). The data is too short, so an
     # accepted header still ends in a 400 for the truncated data, never in a warning turned error.
     header = png_with_header(10_000, 10_000)
-    assert _error(header, limit=99_999_999).status == 413
-    assert _error(header, limit=100_000_000).status == 400
+    assert isinstance(_error(header, limit=99_999_999), ImageTooLarge)
+    assert isinstance(_error(header, limit=100_000_000), InvalidImage)
 
 
 def test_total_pixels_are_checked_from_headers_first() -> None:
     # Two 30 MP headers with no data: refused as too large together, before any decoding is tried.
     blobs = [png_with_header(6000, 5000), png_with_header(6000, 5000)]
-    with pytest.raises(ApiError) as info:
+    with pytest.raises(ImageError) as info:
         decode_images(blobs, max_pixels=LIMIT, max_total_pixels=50_000_000)
-    assert info.value.status == 413
+    assert isinstance(info.value, ImageTooLarge)
 
 
 def test_plain_uploads_are_sent_as_they_are(chelsea: np.ndarray, chelsea_jpeg: bytes, chelsea_png: bytes) -> None:

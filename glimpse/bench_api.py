@@ -9,7 +9,8 @@ Measured side by side in one run, on one model (MobileNetV2 at 224x224, random w
 - the API process: cold start (spawn to a 200 from /healthz) and resident memory after serving (goal <= 150 MB).
 
 This module never imports TensorFlow: building and exporting the model and running the tf-explain baseline happen
-in a child Python process (the script below), the model server and the API are subprocesses too.
+in a child Python process (the script below), the model server and the API are subprocesses too. It sits in the CLI
+package, the top layer, because that child exports through ``training``, which the explain API may not import.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any
 
 __all__ = ["run_api_benchmarks"]
 
-_ROOT = Path(__file__).resolve().parents[1]
+_ROOT = Path(__file__).resolve().parents[1]  # the repository (this file is glimpse/bench_api.py)
 _SIZE = 224
 _PATCH = 28
 _BATCH = 8

@@ -1,0 +1,140 @@
+"""The ``models`` blueprint: ``GET /v1/models`` and, on every model path, details, ``:predict`` and ``:explain``.
+
+Thin views: read the request (``parsing``), decode the images (``rendering.images``), call one domain function
+(``service``), encode the answer (``payloads``). Failures propagate to the one error handler (``errors``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+from flask import Blueprint, Response, jsonify, request
+
+from explain_api import payloads, service
+from explain_api.context import AppState, add_model_route, current_state, model_ref, version_entries
+from explain_api.parsing import ImageRequest, parse_image_request
+from glimpse_wire.errors import ServingError
+from rendering.images import DecodedImage, decode_images
+
+__all__ = ["blueprint"]
+
+blueprint = Blueprint("models", __name__)
+
+
+def _wants_png(req: ImageRequest) -> bool:
+    if req.format is not None:
+        return req.format in ("png", "grid")
+    best = request.accept_mimetypes.best_match(["application/json", "image/png"])
+    return best == "image/png"
+
+
+def _png(data: bytes, headers: dict[str, str]) -> Response:
+    response = Response(data, mimetype="image/png")
+    response.headers.update(headers)
+    return response
+
+
+def _decoded(req: ImageRequest, st: AppState) -> list[DecodedImage]:
+    for blob in req.blobs:
+        st.metrics.observe_image(len(blob))
+    return decode_images(req.blobs, max_pixels=st.config.max_pixels, max_total_pixels=st.config.max_total_pixels)
+
+
+@blueprint.get("/v1/models")
+def list_models() -> Response:
+    st = current_state()
+    models = []
+    for name in st.config.model_names:
+        entry: dict[str, Any] = {"name": name, "default": name == st.config.default_model}
+        try:
+            entry["versions"] = version_entries(st.client.status(name))
+        except ServingError as e:
+            if e.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+                raise
+            entry["versions"] = []
+            entry["error"] = {"code": e.code, "message": e.message}
+        models.append(entry)
+    return jsonify({"default_model": st.config.default_model, "models": models})
+
+
+def model_detail(name: str, version: int | None = None, label: str | None = None) -> Response:
+    st = current_state()
+    ref = model_ref(name, version, label)
+    statuses = st.client.status(name, version=version, label=ref.label)
+    info = st.catalog.get(ref)
+    return jsonify(
+        {
+            "name": info.name,
+            "version": info.version,
+            "default": name == st.config.default_model,
+            "versions": version_entries(statuses),
+            "labels": list(info.labels),
+            "num_classes": info.num_classes,
+            "methods": list(info.available_methods),
+            "explain_signatures": list(info.methods),
+            "blackbox_methods": list(info.fallback_methods),
+            "input": {"height": info.input_size[0], "width": info.input_size[1]} if info.input_size else None,
+            "signatures": list(info.signatures),
+        }
+    )
+
+
+def predict(name: str, version: int | None = None, label: str | None = None) -> Response:
+    st = current_state()
+    config = st.config
+    ref = model_ref(name, version, label)
+    req = parse_image_request(request, kind="predict", max_images=config.max_images)
+    images = _decoded(req, st)
+    outcome = service.predict_images(
+        st.client,
+        st.catalog,
+        ref,
+        images,
+        top_k=req.top_k or config.top_k,
+        budget=config.max_message_bytes,
+        timeout_s=config.timeout_s,
+        size_factor=config.serving_size_factor,
+    )
+    return jsonify(payloads.predict_json(outcome))
+
+
+def explain(name: str, version: int | None = None, label: str | None = None) -> Response:
+    st = current_state()
+    config = st.config
+    ref = model_ref(name, version, label)
+    req = parse_image_request(request, kind="explain", max_images=config.max_images)
+    images = _decoded(req, st)
+    spec = service.ExplainSpec(method=req.method, params=req.params, class_index=req.class_index, label=req.label)
+    outcome = service.explain_images(
+        st.client,
+        st.catalog,
+        ref,
+        images,
+        spec,
+        top_k=req.top_k or config.top_k,
+        budget=config.max_message_bytes,
+        timeout_s=config.timeout_s,
+        size_factor=config.serving_size_factor,
+    )
+    if _wants_png(req):
+        first = outcome.images[0]
+        kind = "grid" if req.format == "grid" else "overlay"
+        data = payloads.explanation_png(first, images[0], colormap=req.colormap, kind=kind)
+        return _png(
+            data,
+            {
+                "X-Glimpse-Model": quote(outcome.name, safe=""),
+                "X-Glimpse-Version": str(outcome.version),
+                "X-Glimpse-Method": outcome.method,
+                "X-Glimpse-Class-Index": str(first.class_index),
+                "X-Glimpse-Score": f"{first.score:.6f}",
+                **payloads.png_headers(first),
+            },
+        )
+    return jsonify(payloads.explain_json(outcome, images, heatmap_size=req.heatmap_size, colormap=req.colormap))
+
+
+add_model_route(blueprint, "", model_detail, ["GET"])
+add_model_route(blueprint, ":predict", predict, ["POST"])
+add_model_route(blueprint, ":explain", explain, ["POST"])
