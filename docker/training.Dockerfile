@@ -30,10 +30,12 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY glimpse ./glimpse
 COPY glimpse_wire ./glimpse_wire
+COPY rendering ./rendering
 COPY training ./training
 COPY serving ./serving
 COPY explain_api ./explain_api
 COPY whatif ./whatif
+COPY studies ./studies
 # TensorFlow is already in the base image at the pinned version, so pip keeps it and adds the rest.
 RUN python3 -m pip install --no-cache-dir . && glimpse --help > /dev/null
 

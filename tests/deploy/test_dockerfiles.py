@@ -89,7 +89,8 @@ def test_explain_api_image_is_multi_stage_slim_non_root_and_tensorflow_free() ->
     assert "/healthz" in healthcheck and "127.0.0.1:8080" in healthcheck
     # Only the TF-free packages go in.
     assert set(s.copy_sources(path, 0)) == {
-        "docker/explain-api.requirements.txt", "pyproject.toml", "README.md", "glimpse", "glimpse_wire", "explain_api"}
+        "docker/explain-api.requirements.txt", "pyproject.toml", "README.md", "glimpse", "glimpse_wire", "rendering",
+        "explain_api"}
 
 
 def test_serve_image_runs_glimpse_serve_with_tf_servings_entry() -> None:

@@ -33,10 +33,13 @@ except ModuleNotFoundError:  # Python 3.10
 
 API_REQUIREMENTS = s.DOCKER_DIR / "explain-api.requirements.txt"
 SERVE_REQUIREMENTS = s.DOCKER_DIR / "serve.requirements.txt"
-FIRST_PARTY = {"glimpse", "glimpse_wire", "explain_api", "serving", "training", "whatif", "tests"}
+FIRST_PARTY = {
+    "glimpse", "glimpse_wire", "rendering", "explain_api", "serving", "training", "whatif", "studies", "tests",
+}  # fmt: skip
 # What each image runs (benchmarks, proto regeneration and the container launcher are not run inside them).
 API_MODULES = [
-    *sorted(p for p in (s.REPO_ROOT / "explain_api").glob("*.py") if p.name != "bench.py"),
+    *sorted((s.REPO_ROOT / "explain_api").glob("*.py")),
+    *sorted((s.REPO_ROOT / "rendering").glob("*.py")),
     *sorted(p for p in (s.REPO_ROOT / "glimpse_wire").glob("*.py") if p.name not in ("_regen.py", "_protogen.py")),
     *(s.REPO_ROOT / "glimpse" / n for n in ("__init__.py", "__main__.py", "cli.py", "up.py")),
 ]
@@ -109,7 +112,7 @@ def test_import_check_notices_a_missing_module() -> None:
 
 def test_api_image_code_imports_only_the_packages_it_copies() -> None:
     imported = {n for n in _imports(API_MODULES) if n in FIRST_PARTY}
-    assert imported <= {"glimpse", "glimpse_wire", "explain_api"}
+    assert imported <= {"glimpse", "glimpse_wire", "rendering", "explain_api"}
 
 
 def test_pins_agree_with_the_projects_dependencies() -> None:
