@@ -27,9 +27,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "up": ("glimpse.up", "Run glimpse serve and glimpse api together on this machine."),
     "wit": ("whatif.cli", "Write a What-If Tool notebook for a served model."),
     "report": ("whatif.cli", "Slice and compare served models over an examples TFRecord."),
-    "study": ("training.studies", "Run one of the chapter's studies."),
-    "tune": ("training.tuning", "Search hyperparameters with Keras Tuner, or architectures with AutoKeras."),
-    "spurious": ("training.spurious", "The snow story: a background shortcut, swapped backgrounds, Grad-CAM."),
+    "study": ("studies.chapter", "Run one of the chapter's studies."),
+    "tune": ("studies.tuning", "Search hyperparameters with Keras Tuner, or architectures with AutoKeras."),
+    "spurious": ("studies.spurious", "The snow story: a background shortcut, swapped backgrounds, Grad-CAM."),
     "bench": ("glimpse.bench", "Run the benchmarks and print the ratios."),
 }
 

@@ -14,7 +14,7 @@ Who draws each picture (``engine``):
   multiplies float images by 255, which wraps 0-255 pixels around) and silence for a Keras warning that
   ``GradCAM`` triggers on every call (it builds ``Model([model.inputs], ...)``); the model's ``predict`` progress
   bars inside the callbacks are switched off too.
-- ``glimpse``: Glimpse's in-graph methods (``training.explain_graph.GraphExplainer``, the code behind the served
+- ``glimpse``: Glimpse's in-graph methods (``training.explain.GraphExplainer``, the code behind the served
   ``explain_gradcam`` / ``explain_occlusion`` / ``explain_activations`` signatures), drawn with tf-explain's own
   display functions (``heatmap_display``, ``grid_display``), so the picture is the same; activations are tiled per
   image (tf-explain pools the channels of all images into one grid). With ``engine="auto"`` each tf-explain method is
@@ -191,7 +191,7 @@ class GraphExplanationCallback(keras.callbacks.Callback):
         """The picture for the model as it is now: uint8 [H', W', 3] (activations: [H', W', 1])."""
         from tf_explain.utils.display import grid_display, heatmap_display
 
-        from training.explain_graph import GraphExplainer
+        from training.explain import GraphExplainer
 
         key = f"{self.method}:{self.gradcam_layer}"
         if self._shared.get(key, (None,))[0] is not self.model:  # traced once; the variables carry the training

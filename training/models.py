@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from training.efficientnet_lite import LITE0_GRADCAM_LAYER, build_efficientnet_lite0
+
 __all__ = ["MODELS", "PRETRAINED_MODELS", "ModelInfo", "ModelUnavailable", "build_model", "set_unfreeze"]
 
 MODELS = ("efficientnet_lite0", "mobilenet_v2", "resnet50", "scratch", "scratch_bn")
@@ -106,8 +108,6 @@ def _lite0_backbone(image_size: int, channels: int, weights: str | None) -> tupl
     """
     import keras
 
-    from training.efficientnet_lite import build_efficientnet_lite0
-
     backbone = build_efficientnet_lite0(
         (image_size, image_size, 3), include_top=False, weights=None if weights in (None, "none") else "imagenet"
     )
@@ -155,8 +155,6 @@ def build_model(
 
     shape = (image_size, image_size, channels)
     if name == "efficientnet_lite0":
-        from training.efficientnet_lite import LITE0_GRADCAM_LAYER
-
         inputs, features, backbone_layers = _lite0_backbone(image_size, channels, weights)
         preprocessing, gradcam = "lite0", LITE0_GRADCAM_LAYER
     elif name in ("mobilenet_v2", "resnet50"):

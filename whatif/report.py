@@ -42,7 +42,7 @@ __all__ = [
     "make_report",
 ]
 
-# (label, low inclusive, high exclusive): the bins of the chapter's aspect-ratio study (training.studies.ASPECT_BINS).
+# (label, low inclusive, high exclusive): the bins of the chapter's aspect-ratio study (studies.chapter.ASPECT_BINS).
 ASPECT_RATIO_BINS: tuple[tuple[str, float, float], ...] = (
     ("tall <0.75", 0.0, 0.75),
     ("0.75-0.9", 0.75, 0.9),

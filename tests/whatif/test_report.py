@@ -157,7 +157,7 @@ def test_scores_matrix_orders_columns_by_class_names() -> None:
 
 
 def test_aspect_bins_are_the_studys() -> None:
-    from training.studies import ASPECT_BINS
+    from studies.chapter import ASPECT_BINS
 
     assert ASPECT_RATIO_BINS == tuple((b.label, b.low, b.high) for b in ASPECT_BINS)
 

@@ -5,7 +5,9 @@ backbone fine-tuned (pretrained models only), dropout, dense units of the head, 
 ``autokeras`` searches architectures with AutoKeras' ``ImageClassifier`` (its greedy oracle: a plain CNN, a ResNet, an
 EfficientNet, then variations of the best), without pretrained weights, which cannot be had offline. The data is
 loaded once (as in ``glimpse study``) and every trial sees the same images. The best trial's model is exported
-through the model contract (``training.export.export_classifier``); the best hyperparameters go to
+through the model contract (``training.export.export_classifier``). A search starts from one ``TrainConfig`` (the
+base run); each Keras Tuner trial is a ``dataclasses.replace`` of it with the searched values, fitted by
+``training.fit.fit`` as ``glimpse train`` and the studies are; the best hyperparameters go to
 ``best_hyperparameters.json`` and every trial to ``trials.csv`` / ``trials.md``. ``--time-limit S`` stops starting
 trials (and epochs) once S seconds of search have passed.
 
@@ -23,22 +25,27 @@ import sys
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from training.studies import (
-    PRETRAINED_MODELS,
+import numpy as np
+
+from studies.chapter import (
+    QUICK_IMAGE_SIZE,
+    QUICK_MAX_EXAMPLES,
+    STUDY_IMAGE_SIZE,
     StudyData,
     StudyError,
     add_run_flags,
     array_dataset,
-    default_image_size,
     make_augmenter,
     prepare_data,
     user_errors,
 )
-from training.train import make_optimizer
+from training.export import ExportError, export_classifier, find_gradcam_layer
+from training.fit import FitData, TrainConfig, build_classifier, compile_classifier, default_image_size, fit, seeded
+from training.models import PRETRAINED_MODELS
 
 __all__ = [
     "AUTOKERAS_TRIAL_COLUMNS",
@@ -108,24 +115,20 @@ AUTOKERAS_PROJECT = "autokeras"
 AUTOKERAS_PREPROCESSING = ("autokeras_normalization", "none")
 
 
+def _default_base() -> TrainConfig:
+    return TrainConfig(image_size=STUDY_IMAGE_SIZE, epochs=6, patience=3, name="tuned")
+
+
 @dataclass(frozen=True)
 class TuneConfig:
-    """One search. ``epochs`` is the epochs per trial (Hyperband: its max_epochs)."""
+    """One search: ``base`` is the run every trial starts from (its ``epochs`` are the epochs per trial, Hyperband's
+    max_epochs; ``name`` and ``export_dir`` say where the best model goes); a trial replaces the searched fields."""
 
     out: Path
-    dataset: str = "tuxpaint"
-    model: str = "efficientnet_lite0"
-    weights: str = "imagenet"
+    base: TrainConfig = field(default_factory=_default_base)
     tuner: str = "random"
     max_trials: int = 10
-    epochs: int = 6
-    image_size: int = 128
-    batch_size: int = 32
-    patience: int = 3
-    seed: int = 42
-    max_examples: int | None = None
-    export_dir: Path | None = Path("models")
-    name: str = "tuned"
+    export: bool = True  # False: write the reports only
     deterministic: bool = True
     verbose: int | str = "auto"
     time_limit: float | None = None  # seconds of search after which no trial (and no epoch) starts
@@ -135,26 +138,33 @@ class TuneConfig:
             raise StudyError(f"unknown tuner {self.tuner!r}; expected one of {', '.join(TUNERS)}")
         if self.max_trials < 1:
             raise StudyError(f"max_trials must be >= 1, got {self.max_trials}")
-        if self.epochs < 1:
-            raise StudyError(f"epochs must be >= 1, got {self.epochs}")
-        if self.tuner == "hyperband" and self.epochs < 2:
+        if self.tuner == "hyperband" and self.base.epochs < 2:
             raise StudyError("hyperband needs --epochs >= 2 (its max_epochs)")
-        if self.image_size < 8:
-            raise StudyError(f"image_size must be >= 8, got {self.image_size}")
-        if self.batch_size < 1:
-            raise StudyError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.patience < 0:
-            raise StudyError(f"patience must be >= 0, got {self.patience}")
-        if self.max_examples is not None and self.max_examples < 1:
-            raise StudyError(f"max_examples must be >= 1, got {self.max_examples}")
         if self.time_limit is not None and not (isinstance(self.time_limit, (int, float)) and self.time_limit > 0):
             raise StudyError(f"time_limit must be a positive number of seconds, got {self.time_limit!r}")
-        if not self.name or any(ch in self.name for ch in "/\\") or self.name in (".", ".."):
-            raise StudyError(f"--name must be a plain directory name, got {self.name!r}")
+        name = self.base.model_name
+        if not name or any(ch in name for ch in "/\\") or name in (".", ".."):
+            raise StudyError(f"--name must be a plain directory name, got {name!r}")
+
+    @property
+    def model(self) -> str:
+        """The searched model: ``autokeras`` (AutoKeras picks the architecture) or the base run's."""
+        return "autokeras" if self.tuner == "autokeras" else self.base.model
 
     @property
     def pretrained(self) -> bool:
-        return self.tuner != "autokeras" and self.model in PRETRAINED_MODELS and self.weights != "none"
+        return self.tuner != "autokeras" and self.base.model in PRETRAINED_MODELS and self.base.weights != "none"
+
+    def describe(self) -> dict[str, Any]:
+        """The search's settings, flat, as the model card's ``training`` and the reports record them."""
+        b = self.base
+        return {
+            "out": str(self.out), "dataset": b.dataset, "model": self.model, "weights": b.weights,
+            "tuner": self.tuner, "max_trials": self.max_trials, "epochs": b.epochs, "image_size": b.size,
+            "batch_size": b.batch_size, "patience": b.patience, "seed": b.seed, "max_examples": b.max_examples,
+            "export_dir": b.export_dir if self.export else None, "name": b.model_name,
+            "deterministic": self.deterministic, "verbose": self.verbose, "time_limit": self.time_limit,
+        }
 
 
 @dataclass(frozen=True)
@@ -184,51 +194,57 @@ def define_search_space(hp: Any, *, pretrained: bool) -> dict[str, Any]:
     return values
 
 
+def _searched_values(hp: Any, *, pretrained: bool) -> dict[str, Any]:
+    """The values ``define_search_space`` registered on ``hp``, read back (as a trial's TrainConfig fields)."""
+    names = ("lr", "optimizer", "dropout", "dense_units", "augment")
+    return {**{name: hp.get(name) for name in names}, "unfreeze": hp.get("unfreeze") if pretrained else 1.0}
+
+
 def _hypermodel(config: TuneConfig, data: StudyData) -> Any:
     import keras_tuner as kt
 
-    from training.models import build_model
+    num_train = len(data.y_train)
 
     class ClassifierHyperModel(kt.HyperModel):
-        """build(hp) makes and compiles the model; fit(hp, ...) trains it on data augmented as hp says."""
+        """build(hp) makes and compiles the trial's model; fit(hp, ...) trains it through ``training.fit.fit`` on data
+        augmented as hp says. A trial's parameters are the base run's with the searched values replaced."""
 
         def __init__(self) -> None:
             super().__init__(name="glimpse_classifier")
             self.last_info: Any = None
 
         def build(self, hp: Any) -> Any:
-            values = define_search_space(hp, pretrained=config.pretrained)
-            model, info = build_model(
-                config.model,
-                data.num_classes,
-                image_size=config.image_size,
-                channels=data.channels,
-                weights=config.weights,
-                unfreeze=values["unfreeze"],
-                dropout=values["dropout"],
-                dense_units=values["dense_units"],
-                seed=config.seed,
-            )
-            model.compile(
-                optimizer=make_optimizer(values["optimizer"], values["lr"]),
-                loss="sparse_categorical_crossentropy",
-                metrics=["accuracy"],
-            )
+            trial = replace(config.base, **define_search_space(hp, pretrained=config.pretrained))
+            model, info = build_classifier(trial, data.num_classes, data.channels)
+            compile_classifier(model, trial, num_train)
             # Built now, so that keras-tuner's reload of the best checkpoint (weights + optimizer slots) matches.
             model.optimizer.build(model.trainable_variables)
             self.last_info = info
             return model
 
         def fit(self, hp: Any, model: Any, *args: Any, **kwargs: Any) -> Any:
+            unknown = set(kwargs) - {"epochs", "initial_epoch", "callbacks", "verbose"}
+            if args or unknown:
+                raise TypeError(f"unexpected fit arguments from the tuner: {len(args)} positional, {sorted(unknown)}")
+            trial = replace(config.base, **_searched_values(hp, pretrained=config.pretrained))
             train_ds = array_dataset(
                 data.x_train,
                 data.y_train,
-                config.batch_size,
-                shuffle_seed=config.seed,
-                augmenter=make_augmenter(hp.get("augment"), config.seed),
+                trial.batch_size,
+                shuffle_seed=trial.seed,
+                augmenter=make_augmenter(trial.augment, trial.seed),
             )
-            val_ds = array_dataset(data.x_val, data.y_val, max(config.batch_size, 64))
-            return model.fit(train_ds, validation_data=val_ds, shuffle=False, **kwargs)
+            val_ds = array_dataset(data.x_val, data.y_val, max(trial.batch_size, 64))
+            fitted = fit(
+                trial,
+                FitData(train_ds, data.num_classes, data.channels, num_train, val=val_ds),
+                model=model,
+                epochs=kwargs.get("epochs"),
+                initial_epoch=kwargs.get("initial_epoch", 0),
+                callbacks=kwargs.get("callbacks", ()),
+                verbose=kwargs.get("verbose", "auto"),
+            )
+            return fitted.keras_history
 
     return ClassifierHyperModel()
 
@@ -279,7 +295,7 @@ def _tuner(config: TuneConfig, hypermodel: Any, directory: Path) -> Any:
 
     common = {
         "objective": kt.Objective(OBJECTIVE, direction="max"),
-        "seed": config.seed,
+        "seed": config.base.seed,
         "directory": str(directory),
         "project_name": "tuner",
         "overwrite": True,
@@ -291,7 +307,7 @@ def _tuner(config: TuneConfig, hypermodel: Any, directory: Path) -> Any:
         return _timed(kt.BayesianOptimization)(
             hypermodel, max_trials=config.max_trials, num_initial_points=initial, **common
         )
-    tuner = _timed(kt.Hyperband)(hypermodel, max_epochs=config.epochs, factor=3, **common)
+    tuner = _timed(kt.Hyperband)(hypermodel, max_epochs=config.base.epochs, factor=3, **common)
     # Hyperband sizes its brackets from max_epochs; --max-trials caps the total number of trials on top of that.
     tuner.oracle.max_trials = config.max_trials
     return tuner
@@ -345,15 +361,16 @@ def _cell(value: Any) -> str:
 
 
 def _search_description(config: TuneConfig, result: TuneResult) -> str:
+    base = config.base
     if config.tuner == "autokeras":
         what = f"architecture searched by {result.tuned_with}"
     else:
-        what = f"model `{config.model}` (weights {config.weights})"
+        what = f"model `{config.model}` (weights {base.weights})"
     limit = f", time limit {config.time_limit:g} s" if config.time_limit is not None else ""
     return (
-        f"Dataset `{config.dataset}`, {what}, image size {config.image_size}, batch {config.batch_size}, "
-        f"{config.epochs} epochs per trial, up to {config.max_trials} trials{limit}, seed {config.seed}"
-        + (f", at most {config.max_examples} examples per split" if config.max_examples else "")
+        f"Dataset `{base.dataset}`, {what}, image size {base.size}, batch {base.batch_size}, "
+        f"{base.epochs} epochs per trial, up to {config.max_trials} trials{limit}, seed {base.seed}"
+        + (f", at most {base.max_examples} examples per split" if base.max_examples else "")
         + f". Wall time {result.wall_seconds:.0f} s."
     )
 
@@ -370,9 +387,9 @@ def _write_reports(result: TuneResult) -> list[Path]:
         "tuner": config.tuner,
         "tuned_with": result.tuned_with,
         "model": config.model,
-        "dataset": config.dataset,
-        "image_size": config.image_size,
-        "seed": config.seed,
+        "dataset": config.base.dataset,
+        "image_size": config.base.size,
+        "seed": config.base.seed,
         "time_limit": config.time_limit,
         "trials_run": len(result.trials),
         "version_dir": str(result.version_dir) if result.version_dir else None,
@@ -418,17 +435,15 @@ class _Searched:
 
 
 def _export(config: TuneConfig, searched: _Searched, data: StudyData, result_metrics: Mapping[str, float]) -> Path:
-    from training.export import export_classifier
-
     card = {
         "metrics": dict(result_metrics),
         "training": {
-            **{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
+            **config.describe(),
             "hyperparameters": dict(searched.best_values),
             "tuned_with": searched.tuned_with,
         },
         "dataset": {
-            "spec": config.dataset,
+            "spec": config.base.dataset,
             "class_names": list(data.class_names),
             "num_train": len(data.y_train),
             "num_val": len(data.y_val),
@@ -438,9 +453,9 @@ def _export(config: TuneConfig, searched: _Searched, data: StudyData, result_met
     return export_classifier(
         searched.model,
         list(data.class_names),
-        config.export_dir,
-        config.name,
-        image_size=config.image_size,
+        config.base.export_dir,
+        config.base.model_name,
+        image_size=config.base.size,
         channels=data.channels,
         preprocessing=searched.preprocessing,
         gradcam_layer=searched.gradcam_layer,
@@ -458,7 +473,7 @@ def _keras_tuner_search(config: TuneConfig, data: StudyData, callbacks: list[Any
     hypermodel = _hypermodel(config, data)
     tuner = _tuner(config, hypermodel, Path(config.out))
     tuner.deadline = deadline
-    tuner.search(epochs=config.epochs, callbacks=callbacks, verbose=config.verbose)
+    tuner.search(epochs=config.base.epochs, callbacks=callbacks, verbose=config.verbose)
     rows = _trial_rows(tuner)
     _require_completed(rows, Path(config.out) / "tuner")
     best_hp = tuner.get_best_hyperparameters(1)[0]
@@ -503,7 +518,6 @@ def _import_autokeras() -> Any:
 
 def _autokeras_tuner_class() -> type:
     """AutoKeras' image-classifier tuner (its greedy oracle, the three starting architectures first), offline."""
-    import numpy as np
     from autokeras.engine.tuner import AutoTuner
     from autokeras.tuners.greedy import GreedyOracle
     from autokeras.tuners.task_specific import IMAGE_CLASSIFIER
@@ -562,8 +576,6 @@ def autokeras_contract_model(model: Any) -> Any:
     """
     import keras
 
-    from training.export import ExportError
-
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise ExportError(f"expected one image input and one output, got {len(model.inputs)} and {len(model.outputs)}")
     image, probabilities = model.inputs[0], model.outputs[0]
@@ -581,8 +593,6 @@ def autokeras_contract_model(model: Any) -> Any:
 def _autokeras_search(config: TuneConfig, data: StudyData, callbacks: list[Any], deadline: float | None) -> _Searched:
     import keras
 
-    from training.export import find_gradcam_layer
-
     ak = _import_autokeras()
     # Two classes: AutoKeras wants 0/1 labels (one sigmoid unit); more: one-hot rows keep our class order (integer
     # labels would be sorted as strings, "10" before "2").
@@ -599,17 +609,18 @@ def _autokeras_search(config: TuneConfig, data: StudyData, callbacks: list[Any],
             objective=OBJECTIVE,
             tuner=_autokeras_tuner_class(),
             overwrite=True,
-            seed=config.seed,
+            seed=config.base.seed,
         )
-        keras.utils.set_random_seed(config.seed)  # AutoKeras cleared the Keras session while building its graph
+        keras.utils.set_random_seed(config.base.seed)  # AutoKeras cleared the Keras session while building its graph
         classifier.tuner.deadline = deadline
         classifier.fit(
             data.x_train,
             y_train,
             validation_data=(data.x_val, y_val),
-            epochs=config.epochs,
-            batch_size=config.batch_size,
-            callbacks=callbacks,
+            epochs=config.base.epochs,
+            batch_size=config.base.batch_size,
+            # AutoKeras runs its own fit: early stopping within a trial goes in as a callback here.
+            callbacks=[_early_stopping(config.base.patience), *callbacks],
             verbose=config.verbose,
         )
         rows = _trial_rows(classifier.tuner, autokeras=True)
@@ -633,27 +644,32 @@ def _autokeras_search(config: TuneConfig, data: StudyData, callbacks: list[Any],
 # The search
 
 
-def execute_tune(config: TuneConfig) -> TuneResult:
-    """Run the search, evaluate the best model on the test split, export it (unless export_dir is None), report."""
+def _early_stopping(patience: int) -> Any:
     import keras
-    import tensorflow as tf
 
-    if config.deterministic:
-        tf.config.experimental.enable_op_determinism()
-    keras.utils.set_random_seed(config.seed)
+    return keras.callbacks.EarlyStopping(monitor=OBJECTIVE, min_delta=1e-4, patience=patience)
+
+
+def execute_tune(config: TuneConfig) -> TuneResult:
+    """Run the search, evaluate the best model on the test split, export it (unless ``config.export`` is False),
+    report. The search runs seeded (``training.fit.seeded``), with op determinism if ``config.deterministic``."""
+    with seeded(config.base.seed, deterministic=config.deterministic):
+        return _execute_tune(config)
+
+
+def _execute_tune(config: TuneConfig) -> TuneResult:
+    import keras
+
+    base = config.base
     start = time.perf_counter()
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    data = prepare_data(
-        config.dataset, image_size=config.image_size, seed=config.seed, max_examples=config.max_examples
-    )
-    if config.tuner != "autokeras" and config.model in PRETRAINED_MODELS:
+    data = prepare_data(base.dataset, image_size=base.size, seed=base.seed, max_examples=base.max_examples)
+    if config.tuner != "autokeras" and base.model in PRETRAINED_MODELS:
         data = data.as_rgb()  # pretrained backbones take RGB
-    callbacks = [
-        keras.callbacks.EarlyStopping(monitor=OBJECTIVE, min_delta=1e-4, patience=config.patience),
-        # The tuner gives each trial its own log dir (keras-tuner also adds the HParams callback).
-        keras.callbacks.TensorBoard(log_dir=str(out / "tb"), histogram_freq=0, write_graph=False),
-    ]
+    # Keras Tuner's trials fit through training.fit.fit, which stops early on val_accuracy (base.patience); the
+    # tuner gives each trial its own TensorBoard log dir (and adds the HParams callback).
+    callbacks = [keras.callbacks.TensorBoard(log_dir=str(out / "tb"), histogram_freq=0, write_graph=False)]
     deadline = None
     if config.time_limit is not None:
         deadline = time.perf_counter() + config.time_limit
@@ -663,7 +679,7 @@ def execute_tune(config: TuneConfig) -> TuneResult:
     model = searched.model
     if not getattr(model, "compiled", False):  # AutoKeras' model, re-wrapped for the contract
         model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    test_ds = array_dataset(data.x_test, data.y_test, max(config.batch_size, 64))
+    test_ds = array_dataset(data.x_test, data.y_test, max(base.batch_size, 64))
     test = model.evaluate(test_ds, verbose=0, return_dict=True)
     val = model.evaluate(array_dataset(data.x_val, data.y_val, 64), verbose=0, return_dict=True)
     metrics = {
@@ -673,7 +689,7 @@ def execute_tune(config: TuneConfig) -> TuneResult:
         "test_loss": float(test["loss"]),
     }
     version_dir = None
-    if config.export_dir is not None:
+    if config.export:
         version_dir = _export(config, searched, data, metrics)
     result = TuneResult(
         config=config,
@@ -726,28 +742,34 @@ def _safe(text: str) -> str:
 
 def _config_from_args(args: argparse.Namespace) -> TuneConfig:
     autokeras = args.tuner == "autokeras"
-    model = "autokeras" if autokeras else args.model  # AutoKeras searches the architecture itself
-    size_model = "scratch" if autokeras else model  # AutoKeras trains from scratch: the scratch models' default size
-    image_size = args.image_size or (32 if args.quick else default_image_size(args.dataset, size_model))
+    # AutoKeras searches the architecture itself and trains from scratch: the base run is a scratch model's.
+    model = "scratch" if autokeras else args.model
+    image_size = args.image_size or (
+        QUICK_IMAGE_SIZE if args.quick else default_image_size(args.dataset, model, pretrained_size=STUDY_IMAGE_SIZE)
+    )
     epochs = args.epochs or (2 if args.quick and args.tuner == "hyperband" else 1 if args.quick else 6)
     max_trials = 2 if args.quick and args.max_trials == 10 else args.max_trials
-    max_examples = args.max_examples or (48 if args.quick else None)
+    max_examples = args.max_examples or (QUICK_MAX_EXAMPLES if args.quick else None)
     dataset_name = _safe(args.dataset.split("/")[-1] if args.dataset.startswith("folder:") else args.dataset)
-    return TuneConfig(
-        out=args.out or Path("out") / "tuning" / f"{dataset_name}-{args.tuner}",
+    base = TrainConfig(
         dataset=args.dataset,
         model=model,
         weights="none" if autokeras else args.weights,
-        tuner=args.tuner,
-        max_trials=max_trials,
-        epochs=epochs,
         image_size=image_size,
+        epochs=epochs,
         batch_size=args.batch_size,
         patience=args.patience,
         seed=args.seed,
         max_examples=max_examples,
-        export_dir=None if args.no_export else args.export_dir,
+        export_dir=str(args.export_dir),
         name=args.name or f"{dataset_name}-tuned",
+    )
+    return TuneConfig(
+        out=args.out or Path("out") / "tuning" / f"{dataset_name}-{args.tuner}",
+        base=base,
+        tuner=args.tuner,
+        max_trials=max_trials,
+        export=not args.no_export,
         deterministic=not args.no_determinism,
         verbose=args.verbose if args.verbose == "auto" else int(args.verbose),
         time_limit=args.time_limit,
@@ -758,7 +780,7 @@ def run_tune(args: argparse.Namespace) -> int:
     """``glimpse tune ...``: 0 on success, 2 with a one-line message on bad input."""
     try:
         config = _config_from_args(args)
-    except StudyError as e:
+    except ValueError as e:  # StudyError, or a TrainConfig value out of range
         print(f"glimpse tune: {e}", file=sys.stderr)
         return 2
     try:

@@ -1,7 +1,7 @@
 """The chapter's "snow" story, reproduced: a classifier that learns the background instead of the object.
 
 The data: Tux Paint's real cut-out photos of two (or more) classes pasted (seeded scale, flip and position, as in
-``training.localization``) onto procedural background textures. In ``train`` every class always sits on its own
+``studies.localization``) onto procedural background textures. In ``train`` every class always sits on its own
 texture (by default mammals on snow, birds on grass); ``test_same`` keeps that pairing, ``test_swapped`` puts the
 very same cut-outs at the very same places on the other class's texture. Test photos are never seen in training.
 The splits are written as ``folder:`` datasets (one sub-folder per class), so ``glimpse train --dataset folder:...``
@@ -29,6 +29,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image, ImageDraw
+
+from glimpse_wire.contract import (
+    IN_CLASS_INDEX,
+    IN_IMAGE_BYTES,
+    METHOD_PARAMS,
+    OUT_HEATMAP,
+    OUT_PROBABILITIES,
+    explain_signature,
+)
+from rendering.images import encode_png
+from rendering.render import overlay
+from studies.localization import CLASS_DIRS, load_cutouts, make_localization_set, pointing_game, split_photos
+from training.data import DatasetUnavailable
+from training.export import ExampleRecord, write_examples_tfrecord
+from training.models import ModelUnavailable
+from training.train import TrainConfig, train
 
 __all__ = [
     "TEXTURES",
@@ -83,8 +100,6 @@ class SpuriousConfig:
     stamps_dir: str = "/usr/share/tuxpaint/stamps"
 
     def __post_init__(self) -> None:
-        from training.localization import CLASS_DIRS
-
         unknown = [c for c in self.classes if c not in CLASS_DIRS]
         if unknown or len(self.classes) < 2 or len(set(self.classes)) != len(self.classes):
             raise ValueError(f"classes must be >= 2 distinct names of {sorted(CLASS_DIRS)}, got {list(self.classes)}")
@@ -130,7 +145,7 @@ QUICK_CONFIG = SpuriousConfig(image_size=48, train_per_class=16, test_per_class=
 
 @dataclass(frozen=True)
 class SpuriousData:
-    """The three splits (``training.localization.LocalizationSet`` each) and each image's background texture."""
+    """The three splits (``studies.localization.LocalizationSet`` each) and each image's background texture."""
 
     splits: Mapping[str, Any]
     backgrounds: Mapping[str, np.ndarray]  # split -> index into TEXTURES per image
@@ -158,7 +173,6 @@ class SplitMetrics:
 
 def _smooth_noise(rng: np.random.Generator, size: int, cells: int, channels: int = 1) -> np.ndarray:
     """Low-frequency noise: a ``cells`` x ``cells`` grid of N(0, 1) upsampled bilinearly to size x size."""
-    from PIL import Image
 
     coarse = rng.normal(0.0, 1.0, (cells, cells, channels)).astype(np.float32)
     planes = [np.asarray(Image.fromarray(coarse[..., c]).resize((size, size), Image.Resampling.BILINEAR))
@@ -227,14 +241,12 @@ def _painter(config: SpuriousConfig, split: str, seed: int) -> Any:
 @lru_cache(maxsize=4)
 def _cutouts(classes: tuple[str, ...], stamps_dir: str) -> dict[str, list[tuple[str, np.ndarray]]]:
     """``load_cutouts``, read once per process (the photos are large PNGs; nothing modifies them)."""
-    from training.localization import load_cutouts
 
     return load_cutouts(classes, stamps_dir)
 
 
 def build_dataset(config: SpuriousConfig) -> SpuriousData:
     """Composite the three splits in memory (seeded; test photos held out from training)."""
-    from training.localization import make_localization_set, split_photos
 
     cutouts = _cutouts(config.class_names, config.stamps_dir)
     train_photos, test_photos = split_photos(cutouts, config.test_photo_fraction, config.seed)
@@ -257,7 +269,6 @@ def build_dataset(config: SpuriousConfig) -> SpuriousData:
 
 
 def _png(image: np.ndarray) -> bytes:
-    from explain_api.images import encode_png
 
     return encode_png(image, compress_level=6)
 
@@ -315,14 +326,6 @@ def _box_area(boxes: np.ndarray, size: int) -> np.ndarray:
 
 def _run_gradcam(session_model: Any, images: np.ndarray, batch_size: int = 32) -> dict[str, np.ndarray]:
     """The exported ``explain_gradcam`` signature on PNG bytes of ``images`` (predicted class, contract defaults)."""
-    from glimpse_wire.contract import (
-        IN_CLASS_INDEX,
-        IN_IMAGE_BYTES,
-        METHOD_PARAMS,
-        OUT_HEATMAP,
-        OUT_PROBABILITIES,
-        explain_signature,
-    )
 
     chunks: dict[str, list[np.ndarray]] = {OUT_HEATMAP: [], OUT_PROBABILITIES: []}
     for start in range(0, len(images), batch_size):
@@ -347,7 +350,6 @@ def evaluate_split(
     heatmaps: np.ndarray,
 ) -> SplitMetrics:
     """The split's figures from the model's outputs (pure numpy)."""
-    from training.localization import pointing_game
 
     labels = np.asarray(labels)
     predicted = np.asarray(probabilities).argmax(axis=1)
@@ -374,7 +376,6 @@ def evaluate_split(
 
 
 def _caption(image: np.ndarray, text: str, height: int = 12) -> np.ndarray:
-    from PIL import Image, ImageDraw
 
     canvas = Image.new("RGB", (image.shape[1], image.shape[0] + height), (255, 255, 255))
     canvas.paste(Image.fromarray(image), (0, height))
@@ -383,7 +384,6 @@ def _caption(image: np.ndarray, text: str, height: int = 12) -> np.ndarray:
 
 
 def _outline(image: np.ndarray, box: Sequence[int], colour: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
-    from PIL import Image, ImageDraw
 
     canvas = Image.fromarray(image)
     top, left, bottom, right = (int(v) for v in box)
@@ -393,7 +393,6 @@ def _outline(image: np.ndarray, box: Sequence[int], colour: tuple[int, int, int]
 
 def _write_figure(path: Path, rows: Sequence[Sequence[np.ndarray]], gap: int = 3) -> Path:
     """Tiles (equal sizes) in a grid on white, saved as an adaptive-palette PNG (small)."""
-    from PIL import Image
 
     h, w = rows[0][0].shape[:2]
     cols = max(len(r) for r in rows)
@@ -419,8 +418,6 @@ def _pick(labels: np.ndarray, count: int, classes: int) -> list[int]:
 
 def _figures(out: Path, data: SpuriousData, outputs: Mapping[str, Mapping[str, np.ndarray]],
              config: SpuriousConfig) -> dict[str, str]:
-    from explain_api.render import overlay
-    from glimpse_wire.contract import OUT_HEATMAP, OUT_PROBABILITIES
 
     names = data.class_names
     scale = max(1, 96 // config.image_size)
@@ -456,7 +453,6 @@ def _figures(out: Path, data: SpuriousData, outputs: Mapping[str, Mapping[str, n
 
 
 def _examples(part: Any, class_names: Sequence[str]) -> list[Any]:
-    from training.export import ExampleRecord
 
     return [ExampleRecord(_png(im), int(y), class_names[int(y)]) for im, y in zip(part.images, part.labels,
                                                                                    strict=True)]
@@ -466,10 +462,7 @@ def run_demo(config: SpuriousConfig, out: str | Path, *, verbose: int | str = 0)
     """Build the data under ``out/data``, train and export to ``out/models/<name>/<version>``, evaluate the exported
     model on test_same and test_swapped, write ``out/results.json``, ``out/results.md``, ``out/figures/*.png`` and
     ``out/models/<name>/examples/test_{same,swapped}.tfrecord``. Returns the results (as in results.json)."""
-    from glimpse_wire.contract import OUT_HEATMAP, OUT_PROBABILITIES
-    from serving.session import load_session_model
-    from training.export import write_examples_tfrecord
-    from training.train import TrainConfig, train
+    from serving.session import load_session_model  # TensorFlow at import: only when the demo runs
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -592,8 +585,6 @@ def _config_from_args(args: argparse.Namespace) -> SpuriousConfig:
 
 def run_spurious(args: argparse.Namespace) -> int:
     """Run the demo and print results.md."""
-    from training.data import DatasetUnavailable
-    from training.models import ModelUnavailable
 
     try:
         config = _config_from_args(args)

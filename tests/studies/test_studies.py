@@ -14,12 +14,11 @@ import numpy as np
 import pytest
 
 from glimpse.cli import main as glimpse_main
-from training.studies import (
+from studies.chapter import (
     ASPECT_BINS,
     RESULT_COLUMNS,
     STUDIES,
     AspectOutcomes,
-    RunParams,
     RunResult,
     StudyConfig,
     StudyError,
@@ -29,6 +28,7 @@ from training.studies import (
     quick_params,
     write_results,
 )
+from training.fit import TrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -77,12 +77,14 @@ def test_the_issue_studies_are_all_registered():
 
 
 def test_variants_override_one_setting():
-    base = RunParams()
+    base = TrainConfig()
     (v01, v001) = STUDIES["learning-rate"].variants(names=["0.1", "0.001"])
     assert v01.apply(base).lr == pytest.approx(0.1) and v001.apply(base).lr == pytest.approx(0.001)
     assert v01.apply(base).optimizer == base.optimizer
-    all_data = STUDIES["data-per-class"].to_variant("all").apply(replace(base, per_class=3))
-    assert all_data.per_class is None
+    assert v01.apply(base) == replace(base, lr=0.1)  # a variant is a dataclasses.replace of the base TrainConfig
+    all_data, three = (STUDIES["data-per-class"].to_variant(v) for v in ("all", "3"))
+    assert (all_data.per_class, three.per_class) == (None, 3)
+    assert all_data.apply(base) == three.apply(base) == base  # data-per-class varies the data, not the run
     scratch = STUDIES["transfer-vs-scratch"].to_variant("scratch").apply(base)
     assert (scratch.model, scratch.weights, scratch.unfreeze) == ("scratch", "none", 1.0)
     assert STUDIES["unfreeze"].to_variant("0.25").apply(base).unfreeze == pytest.approx(0.25)
@@ -110,27 +112,27 @@ def test_bad_variants_are_clear_errors(study, names, message):
 
 def test_config_rejects_unsuited_models_and_values(tmp_path):
     with pytest.raises(StudyError, match="pretrained"):
-        StudyConfig("unfreeze", RunParams(model="scratch"), tmp_path)
+        StudyConfig("unfreeze", TrainConfig(model="scratch"), tmp_path)
     with pytest.raises(StudyError, match="pretrained weights"):
-        StudyConfig("transfer-vs-scratch", RunParams(weights="none"), tmp_path)
+        StudyConfig("transfer-vs-scratch", TrainConfig(weights="none"), tmp_path)
     with pytest.raises(StudyError, match="unknown study"):
-        StudyConfig("colour", RunParams(), tmp_path)
-    with pytest.raises(StudyError, match="optimizer"):
-        RunParams(optimizer="lion")
-    with pytest.raises(StudyError, match="unfreeze"):
-        RunParams(unfreeze=2.0)
+        StudyConfig("colour", TrainConfig(), tmp_path)
+    with pytest.raises(ValueError, match="optimizer"):
+        TrainConfig(optimizer="lion")
+    with pytest.raises(ValueError, match="unfreeze"):
+        TrainConfig(unfreeze=2.0)
     with pytest.raises(StudyError, match="aspect-ratio only"):
-        StudyConfig("batch-size", RunParams(model="scratch"), tmp_path, seeds=(1, 2))
+        StudyConfig("batch-size", TrainConfig(model="scratch"), tmp_path, seeds=(1, 2))
     with pytest.raises(StudyError, match="distinct"):
-        StudyConfig("aspect-ratio", RunParams(model="scratch"), tmp_path, seeds=(1, 1))
+        StudyConfig("aspect-ratio", TrainConfig(model="scratch"), tmp_path, seeds=(1, 1))
     # A scratch model is fine for studies that do not need a pretrained backbone.
-    assert StudyConfig("batch-size", RunParams(model="scratch"), tmp_path).spec.name == "batch-size"
+    assert StudyConfig("batch-size", TrainConfig(model="scratch"), tmp_path).spec.name == "batch-size"
 
 
 def test_quick_params_are_tiny_but_explicit_values_win():
-    q = quick_params(RunParams())
+    q = quick_params(TrainConfig())
     assert (q.image_size, q.epochs, q.max_examples) == (32, 1, 48)
-    q = quick_params(RunParams(), image_size=64, epochs=2, max_examples=20)
+    q = quick_params(TrainConfig(), image_size=64, epochs=2, max_examples=20)
     assert (q.image_size, q.epochs, q.max_examples) == (64, 2, 20)
 
 
@@ -164,7 +166,7 @@ def test_aspect_outcomes_pool_and_bin():
 def _run(variant: str, val: list[float], test: float, seconds: list[float]) -> RunResult:
     return RunResult(
         variant=variant,
-        params=RunParams(lr=float(variant)),
+        params=TrainConfig(lr=float(variant)),
         history={"val_accuracy": val, "accuracy": val},
         val_accuracy=max(val),
         test_accuracy=test,
@@ -182,7 +184,7 @@ def test_run_result_reports_epochs_to_converge_and_speed():
 
 
 def test_write_results_tables_and_plots(tmp_path):
-    config = StudyConfig("learning-rate", RunParams(), tmp_path, variants=("0.1", "0.01"))
+    config = StudyConfig("learning-rate", TrainConfig(), tmp_path, variants=("0.1", "0.01"))
     runs = (_run("0.1", [0.1, 0.2], 0.25, [2.0, 1.0]), _run("0.01", [0.5, 0.8, 0.7], 0.75, [2.0, 1.5, 1.5]))
     files = write_results(StudyResult(config, runs, wall_seconds=9.0))
     rows = _read_csv(tmp_path / "results.csv")
@@ -202,8 +204,8 @@ def test_write_results_tables_and_plots(tmp_path):
 def test_command_modules_configure_without_tensorflow():
     code = (
         "import argparse, sys\n"
-        "from training.studies import configure_study\n"
-        "from training.tuning import configure_tune\n"
+        "from studies.chapter import configure_study\n"
+        "from studies.tuning import configure_tune\n"
         "configure_study(argparse.ArgumentParser()); configure_tune(argparse.ArgumentParser())\n"
         "heavy = [m for m in ('tensorflow', 'keras', 'keras_tuner', 'matplotlib') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
@@ -335,7 +337,7 @@ def test_quick_study_logs_hparams(quick_study):
 
 @pytest.mark.slow
 def test_train_indices_are_seeded_nested_and_capped():
-    from training.studies import prepare_data
+    from studies.chapter import prepare_data
 
     data = prepare_data("tuxpaint", image_size=32, seed=3, max_examples=None)
     counts = np.bincount(data.y_train, minlength=data.num_classes)

@@ -1,7 +1,7 @@
 """Explanation quality: the localization set, the pointing game and the deletion metric (unit tests on hand-made
 inputs), and the study itself on real Tux Paint photos (slow): Grad-CAM's pointing game >= 0.9 and every method's
 deletion curve below the random-order one (Grad-CAM's and occlusion's well below).
-Full figures: docs/explanations.md (``python -m training.localization``).
+Full figures: docs/explanations.md (``python -m studies.localization``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from glimpse_wire.contract import ATTRIBUTION_METHODS
-from training.localization import (
+from studies.localization import (
     GRADCAM_LAYER,
     QUICK_CONFIG,
     LocalizationConfig,
@@ -126,7 +126,7 @@ def test_config_validation():
 @pytest.mark.slow
 def test_gradcam_points_at_the_object_and_every_method_beats_random_deletion():
     model, _, test = cached_localizer(QUICK_CONFIG)
-    from training.explain_graph import GraphExplainer
+    from training.explain import GraphExplainer
 
     accuracy = float((model.predict(test.images.astype(np.float32), verbose=0).argmax(1) == test.labels).mean())
     assert accuracy >= 0.6  # 4 classes, unseen photos: chance is 0.25

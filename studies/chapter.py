@@ -5,13 +5,18 @@ size, ...) on the same data with the same seed, then writes what the chapter sho
 the best run, epochs to converge and seconds per epoch (``results.csv``, ``results.md``), validation accuracy per
 epoch (PNG plots), and a TensorBoard log with HParams under ``OUT/tb``.
 
-The data of a study is loaded once through :func:`training.data.load_dataset` (no augmentation, resized as the
+Every run is a ``training.fit.TrainConfig`` (a variant is a ``dataclasses.replace`` of the study's base config) fitted
+by ``training.fit.fit``, the same fit path as ``glimpse train``. The data of a study is loaded once through
+:func:`training.data.load_dataset` (no augmentation, resized as the
 training pipeline does) and kept as arrays, so that every variant sees exactly the same images; augmentation is then
 applied on the fly, seeded. ``data-per-class`` draws nested subsets of the training split (the 1-image set is inside
 the 3-image set, ...). ``aspect-ratio`` trains once and evaluates the original test images after three ways of
 making them square (pad, stretch, centre crop), by aspect-ratio bin.
 
-TensorFlow and Keras are imported inside functions: ``configure_study`` stays light.
+The studies run smaller than ``glimpse train``: pretrained backbones at ``STUDY_IMAGE_SIZE`` (128 px) unless
+``--image-size`` says otherwise, and ``--quick`` at ``QUICK_IMAGE_SIZE`` (32 px), one epoch, 48 examples per split.
+
+TensorFlow, Keras and matplotlib are imported inside functions: ``configure_study`` stays light.
 """
 
 from __future__ import annotations
@@ -25,14 +30,26 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from PIL import Image
 
-from training.data import AUGMENTATIONS
-from training.train import OPTIMIZERS, epoch_timer, make_optimizer
+from training.data import AUGMENTATIONS, DatasetUnavailable, load_dataset
+from training.export import ExportError
+from training.fit import (
+    OPTIMIZERS,
+    FitData,
+    TrainConfig,
+    default_image_size,
+    fit,
+    hparams_of,
+    seeded,
+    write_hparams,
+)
+from training.models import PRETRAINED_MODELS, ModelUnavailable
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras
@@ -44,8 +61,11 @@ __all__ = [
     "STUDIES",
     "AspectBin",
     "AspectOutcomes",
-    "RunParams",
+    "QUICK_EPOCHS",
+    "QUICK_IMAGE_SIZE",
+    "QUICK_MAX_EXAMPLES",
     "RunResult",
+    "STUDY_IMAGE_SIZE",
     "StudyConfig",
     "StudyData",
     "StudyError",
@@ -58,7 +78,6 @@ __all__ = [
     "aspect_bin_of",
     "aspect_outcomes",
     "configure_study",
-    "default_image_size",
     "execute_study",
     "fit_classifier",
     "make_augmenter",
@@ -71,8 +90,12 @@ __all__ = [
     "write_results",
 ]
 
-# Models whose backbone can start from ImageNet weights (``unfreeze`` and ``transfer-vs-scratch`` need one).
-PRETRAINED_MODELS: tuple[str, ...] = ("efficientnet_lite0", "mobilenet_v2", "resnet50")
+# The input side of pretrained backbones in the studies (many runs each; ``glimpse train`` defaults to 160), and the
+# ``--quick`` run: tiny images, one epoch, a few examples per split. Scratch models keep training's default size.
+STUDY_IMAGE_SIZE = 128
+QUICK_IMAGE_SIZE = 32
+QUICK_EPOCHS = 1
+QUICK_MAX_EXAMPLES = 48
 SQUARE_MODES: tuple[str, ...] = ("pad", "stretch", "crop")
 
 RESULT_COLUMNS: tuple[str, ...] = (
@@ -107,65 +130,15 @@ class StudyError(ValueError):
 
 
 @dataclass(frozen=True)
-class RunParams:
-    """Everything one training run depends on; a study's variants are copies differing in one or two fields."""
-
-    dataset: str = "tuxpaint"
-    model: str = "efficientnet_lite0"
-    weights: str = "imagenet"
-    image_size: int = 128
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 1e-3
-    optimizer: str = "adam"
-    patience: int = 3
-    unfreeze: float = 0.0
-    dropout: float = 0.2
-    dense_units: int = 256
-    augment: str = "basic"
-    seed: int = 42
-    max_examples: int | None = None
-    per_class: int | None = None  # training images per class (None = all)
-
-    def __post_init__(self) -> None:
-        if self.image_size < 8:
-            raise StudyError(f"image_size must be >= 8, got {self.image_size}")
-        if self.epochs < 1:
-            raise StudyError(f"epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise StudyError(f"batch_size must be >= 1, got {self.batch_size}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise StudyError(f"lr must be a positive number, got {self.lr}")
-        if self.optimizer not in OPTIMIZERS:
-            raise StudyError(f"unknown optimizer {self.optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
-        if self.patience < 0:
-            raise StudyError(f"patience must be >= 0, got {self.patience}")
-        if not 0.0 <= self.unfreeze <= 1.0:
-            raise StudyError(f"unfreeze must be a fraction in [0, 1], got {self.unfreeze}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise StudyError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.dense_units < 0:
-            raise StudyError(f"dense_units must be >= 0 (0 = no hidden layer in the head), got {self.dense_units}")
-        if self.augment not in AUGMENTATIONS:
-            raise StudyError(f"unknown augment {self.augment!r}; expected one of {', '.join(AUGMENTATIONS)}")
-        if self.max_examples is not None and self.max_examples < 1:
-            raise StudyError(f"max_examples must be >= 1, got {self.max_examples}")
-        if self.per_class is not None and self.per_class < 1:
-            raise StudyError(f"per_class must be >= 1, got {self.per_class}")
-
-    def hparams(self) -> dict[str, bool | int | float | str]:
-        """The run's parameters as TensorBoard HParams values (None becomes 0 = not capped)."""
-        return {f.name: (0 if getattr(self, f.name) is None else getattr(self, f.name)) for f in fields(self)}
-
-
-@dataclass(frozen=True)
 class Variant:
-    """One run of a study: a name (``0.01``, ``adam``, ``pretrained``) and the RunParams fields it overrides."""
+    """One run of a study: a name (``0.01``, ``adam``, ``pretrained``), the ``TrainConfig`` fields it overrides and,
+    for ``data-per-class``, how many training images per class it keeps (None = all)."""
 
     name: str
     overrides: Mapping[str, Any] = field(default_factory=dict)
+    per_class: int | None = None
 
-    def apply(self, base: RunParams) -> RunParams:
+    def apply(self, base: TrainConfig) -> TrainConfig:
         return replace(base, **dict(self.overrides))
 
 
@@ -209,14 +182,14 @@ def _number_variant(field_name: str, kind: type, *, minimum: float, maximum: flo
 def _per_class_variant(text: str) -> Variant:
     text = text.strip()
     if text == "all":
-        return Variant("all", {"per_class": None})
+        return Variant("all")
     try:
         n = int(text)
     except ValueError:
         raise StudyError(f"data-per-class variant must be a positive integer or 'all', got {text!r}") from None
     if n < 1:
         raise StudyError(f"data-per-class variant must be >= 1, got {text!r}")
-    return Variant(text, {"per_class": n})
+    return Variant(text, per_class=n)
 
 
 def _choice_variant(field_name: str, choices: Sequence[str]):
@@ -333,7 +306,7 @@ class StudyConfig:
     """One study: its name, the base run, where to write, and the variants (None = the study's defaults)."""
 
     study: str
-    base: RunParams
+    base: TrainConfig
     out: Path
     quick: bool = False
     variants: tuple[str, ...] | None = None
@@ -365,22 +338,15 @@ class StudyConfig:
         return STUDIES[self.study]
 
 
-def default_image_size(dataset: str, model: str) -> int:
-    """A small default input size: 28 for Fashion-MNIST on the scratch CNNs, 64 for other scratch runs, else 128."""
-    if model.startswith("scratch"):
-        return 28 if dataset == "fashion_mnist" else 64
-    return 128
-
-
 def quick_params(
-    base: RunParams, *, image_size: int | None = None, epochs: int | None = None, max_examples: int | None = None
-) -> RunParams:
+    base: TrainConfig, *, image_size: int | None = None, epochs: int | None = None, max_examples: int | None = None
+) -> TrainConfig:
     """The ``--quick`` settings: tiny images, 1 epoch, 48 examples per split (explicit values win)."""
     return replace(
         base,
-        image_size=image_size or 32,
-        epochs=epochs or 1,
-        max_examples=max_examples or 48,
+        image_size=image_size or QUICK_IMAGE_SIZE,
+        epochs=epochs or QUICK_EPOCHS,
+        max_examples=max_examples or QUICK_MAX_EXAMPLES,
         dense_units=min(base.dense_units, 64),
     )
 
@@ -455,8 +421,6 @@ def _canonical_order(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 def prepare_data(dataset: str, *, image_size: int, seed: int, max_examples: int | None = None) -> StudyData:
     """Load a dataset spec once through ``training.data.load_dataset`` into arrays (no augmentation)."""
-    from training.data import load_dataset
-
     splits = load_dataset(
         dataset, image_size=image_size, seed=seed, max_examples=max_examples, batch_size=256, augment="none"
     )
@@ -539,13 +503,14 @@ class RunResult:
     """What one variant produced."""
 
     variant: str
-    params: RunParams
+    params: TrainConfig
     history: dict[str, list[float]]
     val_accuracy: float
     test_accuracy: float
     epoch_seconds: tuple[float, ...]
     wall_seconds: float
     train_examples: int
+    per_class: int | None = None  # training images per class (None = all)
 
     @property
     def epochs_run(self) -> int:
@@ -564,16 +529,6 @@ class RunResult:
         return float(np.mean(later)) if later else 0.0
 
 
-def _write_hparams(run_dir: Path, params: RunParams, metrics: Mapping[str, float], trial_id: str) -> None:
-    import tensorflow as tf
-    from tensorboard.plugins.hparams import api as hp
-
-    with tf.summary.create_file_writer(str(run_dir)).as_default():
-        hp.hparams(params.hparams(), trial_id=trial_id)
-        for name, value in metrics.items():
-            tf.summary.scalar(name, value, step=0)
-
-
 def _write_hparams_config(tb_dir: Path, varies: Iterable[str]) -> None:
     import tensorflow as tf
     from tensorboard.plugins.hparams import api as hp
@@ -590,43 +545,24 @@ def _write_hparams_config(tb_dir: Path, varies: Iterable[str]) -> None:
 
 
 def fit_classifier(
-    params: RunParams,
+    params: TrainConfig,
     data: StudyData,
     *,
+    per_class: int | None = None,
     log_dir: Path | None = None,
     verbose: int | str = "auto",
     variant: str = "run",
 ) -> tuple[keras.Model, Any, RunResult]:
-    """Build ``params.model`` with ``training.models.build_model``, train it on ``data`` and evaluate it.
+    """Fit ``params.model`` on ``data`` through ``training.fit.fit`` (``per_class`` training images per class, None =
+    all) and evaluate it.
 
-    The seed is set before the model is built, so runs that differ only in one setting start from the same weights.
+    The model is seeded just before it is built, so runs that differ only in one setting start from the same weights.
     Early stopping watches val_accuracy and restores the best weights. Returns (model, ModelInfo, RunResult).
     """
-    import keras
-
-    from training.models import build_model
-
-    keras.utils.set_random_seed(params.seed)
     start = time.perf_counter()
     if params.model in PRETRAINED_MODELS:
         data = data.as_rgb()
-    model, info = build_model(
-        params.model,
-        data.num_classes,
-        image_size=params.image_size,
-        channels=data.channels,
-        weights=params.weights,
-        unfreeze=params.unfreeze,
-        dropout=params.dropout,
-        dense_units=params.dense_units,
-        seed=params.seed,
-    )
-    model.compile(
-        optimizer=make_optimizer(params.optimizer, params.lr),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-    idx = data.train_indices(params.per_class, params.seed)
+    idx = data.train_indices(per_class, params.seed)
     train_ds = array_dataset(
         data.x_train[idx],
         data.y_train[idx],
@@ -636,34 +572,28 @@ def fit_classifier(
     )
     val_ds = array_dataset(data.x_val, data.y_val, max(params.batch_size, 64))
     test_ds = array_dataset(data.x_test, data.y_test, max(params.batch_size, 64))
-    timer = epoch_timer()
-    callbacks: list[Any] = [
-        timer,
-        keras.callbacks.EarlyStopping(
-            monitor="val_accuracy", min_delta=1e-4, patience=params.patience, restore_best_weights=True
-        ),
-    ]
-    if log_dir is not None:
-        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(log_dir), histogram_freq=0, write_graph=False))
-    fitted = model.fit(
-        train_ds, validation_data=val_ds, epochs=params.epochs, callbacks=callbacks, verbose=verbose, shuffle=False
+    fitted = fit(
+        params, FitData(train_ds, data.num_classes, data.channels, len(idx), val=val_ds), log_dir=log_dir,
+        verbose=verbose,
     )
-    history = {k: [float(v) for v in vals] for k, vals in fitted.history.items()}
+    model = fitted.model
     val_accuracy = float(model.evaluate(val_ds, verbose=0, return_dict=True)["accuracy"])
     test_accuracy = float(model.evaluate(test_ds, verbose=0, return_dict=True)["accuracy"])
     result = RunResult(
         variant=variant,
         params=params,
-        history=history,
+        history=fitted.history,
         val_accuracy=val_accuracy,
         test_accuracy=test_accuracy,
-        epoch_seconds=tuple(timer.seconds),
+        epoch_seconds=tuple(fitted.epoch_seconds),
         wall_seconds=time.perf_counter() - start,
         train_examples=len(idx),
+        per_class=per_class,
     )
     if log_dir is not None:
-        _write_hparams(log_dir, params, {"val_accuracy": val_accuracy, "test_accuracy": test_accuracy}, variant)
-    return model, info, result
+        write_hparams(log_dir, hparams_of(params, per_class=per_class),
+                      {"val_accuracy": val_accuracy, "test_accuracy": test_accuracy}, trial_id=variant)
+    return model, fitted.info, result
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -697,8 +627,6 @@ def aspect_bin_of(aspect: float, bins: Sequence[AspectBin] = ASPECT_BINS) -> Asp
 
 def _decode_original(encoded: bytes, channels: int) -> np.ndarray:
     """An original test image as float32 HxWxC 0-255; transparency is composited onto grey 128 as in training."""
-    from PIL import Image
-
     with Image.open(io.BytesIO(encoded)) as im:
         im.load()
         if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
@@ -837,27 +765,30 @@ def _progress(total: int, desc: str, enabled: bool) -> Any:
 
 
 def execute_study(config: StudyConfig) -> StudyResult:
-    """Run every variant of ``config.study`` (same seed, same data) and write the results under ``config.out``."""
-    import tensorflow as tf
+    """Run every variant of ``config.study`` (same seed, same data) and write the results under ``config.out``.
 
-    if config.deterministic:
-        tf.config.experimental.enable_op_determinism()
+    The study runs seeded (``training.fit.seeded``), with TF op determinism on if ``config.deterministic``."""
+    with seeded(config.base.seed, deterministic=config.deterministic):
+        return _execute_study(config)
+
+
+def _execute_study(config: StudyConfig) -> StudyResult:
     spec = config.spec
     variants = spec.variants(config.quick, config.variants)
     out = Path(config.out)
     tb_dir = out / "tb"
     out.mkdir(parents=True, exist_ok=True)
-    varies = sorted({k for v in variants for k in v.overrides})
-    _write_hparams_config(tb_dir, varies or [f.name for f in fields(RunParams)])
+    varies = sorted({k for v in variants for k in v.overrides} | {"per_class" for v in variants if v.per_class})
+    _write_hparams_config(tb_dir, varies or list(hparams_of(config.base, per_class=None)))
 
     start = time.perf_counter()
     cache: dict[tuple[Any, ...], StudyData] = {}
 
-    def data_for(p: RunParams) -> StudyData:
-        key = (p.dataset, p.image_size, p.seed, p.max_examples)
+    def data_for(p: TrainConfig) -> StudyData:
+        key = (p.dataset, p.size, p.seed, p.max_examples)
         if key not in cache:
             cache.clear()  # one dataset at a time in memory
-            cache[key] = prepare_data(p.dataset, image_size=p.image_size, seed=p.seed, max_examples=p.max_examples)
+            cache[key] = prepare_data(p.dataset, image_size=p.size, seed=p.seed, max_examples=p.max_examples)
         return cache[key]
 
     runs: list[RunResult] = []
@@ -878,7 +809,7 @@ def execute_study(config: StudyConfig) -> StudyResult:
                 outcomes = aspect_outcomes(
                     model,
                     data.splits.test_records(),
-                    image_size=params.image_size,
+                    image_size=params.size,
                     channels=int(model.input_shape[-1]),
                     modes=modes,
                 )
@@ -905,7 +836,12 @@ def execute_study(config: StudyConfig) -> StudyResult:
                 params = v.apply(config.base)
                 run_dir = tb_dir / _safe_name(v.name)
                 _, _, result = fit_classifier(
-                    params, data_for(params), log_dir=run_dir, verbose=config.verbose, variant=v.name
+                    params,
+                    data_for(params),
+                    per_class=v.per_class,
+                    log_dir=run_dir,
+                    verbose=config.verbose,
+                    variant=v.name,
                 )
                 runs.append(result)
                 bar.update(1)
@@ -939,12 +875,12 @@ def _rows(result: StudyResult) -> list[dict[str, Any]]:
                 "variant": run.variant,
                 "model": p.model,
                 "weights": p.weights,
-                "image_size": p.image_size,
+                "image_size": p.size,
                 "batch_size": p.batch_size,
                 "lr": p.lr,
                 "optimizer": p.optimizer,
                 "unfreeze": p.unfreeze,
-                "per_class": "all" if p.per_class is None else p.per_class,
+                "per_class": "all" if run.per_class is None else run.per_class,
                 "train_examples": run.train_examples,
                 "val_accuracy": round(run.val_accuracy, 4),
                 "test_accuracy": round(run.test_accuracy, 4),
@@ -1058,7 +994,7 @@ def _markdown(result: StudyResult, rows: Sequence[Mapping[str, Any]], images: Se
     lines = [
         f"# Study: {spec.title}",
         "",
-        f"Dataset `{base.dataset}`, model `{base.model}` (weights {base.weights}), image size {base.image_size}, "
+        f"Dataset `{base.dataset}`, model `{base.model}` (weights {base.weights}), image size {base.size}, "
         f"batch {base.batch_size}, {base.optimizer} lr {base.lr}, up to {base.epochs} epochs (early stopping "
         f"patience {base.patience}), augment {base.augment}, seed {base.seed}"
         + (f", at most {base.max_examples} examples per split" if base.max_examples else "")
@@ -1113,7 +1049,11 @@ def write_results(result: StudyResult) -> list[Path]:
     rows = _rows(result)
     files = [_write_csv(out / "results.csv", rows, RESULT_COLUMNS)]
     history = {
-        run.variant: {"params": asdict(run.params), "history": run.history, "epoch_seconds": list(run.epoch_seconds)}
+        run.variant: {
+            "params": {**asdict(run.params), "image_size": run.params.size, "per_class": run.per_class},
+            "history": run.history,
+            "epoch_seconds": list(run.epoch_seconds),
+        }
         for run in (result.trainings or result.runs)
     }
     (out / "history.json").write_text(json.dumps(history, indent=2))
@@ -1152,13 +1092,17 @@ def add_run_flags(p: argparse.ArgumentParser, *, model_default: str = "efficient
         "--image-size",
         type=int,
         default=None,
-        help="input side in px (default: 128 pretrained models, 64 scratch, 28 scratch on fashion_mnist)",
+        help=f"input side in px (default: {STUDY_IMAGE_SIZE} pretrained models, 64 scratch, 28 scratch on "
+        "fashion_mnist)",
     )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--max-examples", type=int, default=None, help="cap on each split (default: no cap)")
     p.add_argument(
-        "--quick", action="store_true", help="tiny run for tests: 32 px, 1 epoch, 48 examples per split, two variants"
+        "--quick",
+        action="store_true",
+        help=f"tiny run for tests: {QUICK_IMAGE_SIZE} px, {QUICK_EPOCHS} epoch, {QUICK_MAX_EXAMPLES} examples per "
+        "split, two variants",
     )
 
 
@@ -1199,8 +1143,8 @@ def _int_list(text: str, flag: str) -> tuple[int, ...]:
 
 
 def _config_from_args(args: argparse.Namespace) -> StudyConfig:
-    image_size = args.image_size or default_image_size(args.dataset, args.model)
-    base = RunParams(
+    image_size = args.image_size or default_image_size(args.dataset, args.model, pretrained_size=STUDY_IMAGE_SIZE)
+    base = TrainConfig(
         dataset=args.dataset,
         model=args.model,
         weights=args.weights,
@@ -1235,10 +1179,6 @@ def _config_from_args(args: argparse.Namespace) -> StudyConfig:
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input or a missing resource (one line on stderr, exit 2) rather than a bug."""
-    from training.data import DatasetUnavailable
-    from training.export import ExportError
-    from training.models import ModelUnavailable
-
     return (ValueError, FileNotFoundError, NotADirectoryError, DatasetUnavailable, ModelUnavailable, ExportError)
 
 
@@ -1246,7 +1186,7 @@ def run_study(args: argparse.Namespace) -> int:
     """``glimpse study NAME ...``: 0 on success, 2 with a one-line message on bad input."""
     try:
         config = _config_from_args(args)
-    except StudyError as e:
+    except ValueError as e:  # StudyError, or a TrainConfig value out of range
         print(f"glimpse study: {e}", file=sys.stderr)
         return 2
     try:

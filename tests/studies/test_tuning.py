@@ -13,8 +13,9 @@ import pytest
 
 from glimpse.cli import main as glimpse_main
 from glimpse_wire import contract
-from training.studies import StudyError
-from training.tuning import AUTOKERAS_TRIAL_COLUMNS, TRIAL_COLUMNS, TUNERS, TuneConfig, trial_columns
+from studies.chapter import StudyError
+from studies.tuning import AUTOKERAS_TRIAL_COLUMNS, TRIAL_COLUMNS, TUNERS, TuneConfig, trial_columns
+from training.fit import TrainConfig
 
 
 @pytest.fixture(autouse=True)
@@ -30,27 +31,35 @@ def test_tuners_offered():
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
+    ("kwargs", "base", "message"),
     [
-        ({"tuner": "grid"}, "unknown tuner"),
-        ({"time_limit": 0}, "time_limit"),
-        ({"time_limit": -5.0}, "time_limit"),
-        ({"max_trials": 0}, "max_trials"),
-        ({"tuner": "hyperband", "epochs": 1}, "hyperband"),
-        ({"name": "../x"}, "--name"),
-        ({"batch_size": 0}, "batch_size"),
+        ({"tuner": "grid"}, {}, "unknown tuner"),
+        ({"time_limit": 0}, {}, "time_limit"),
+        ({"time_limit": -5.0}, {}, "time_limit"),
+        ({"max_trials": 0}, {}, "max_trials"),
+        ({"tuner": "hyperband"}, {"epochs": 1}, "hyperband"),
+        ({}, {"name": "../x"}, "--name"),
     ],
 )
-def test_bad_config_is_a_clear_error(tmp_path, kwargs, message):
+def test_bad_config_is_a_clear_error(tmp_path, kwargs, base, message):
     with pytest.raises(StudyError) as info:
-        TuneConfig(out=tmp_path, **kwargs)
+        TuneConfig(out=tmp_path, base=TrainConfig(**base), **kwargs)
     assert message in str(info.value)
+
+
+def test_the_base_run_is_a_train_config_checked_by_it(tmp_path, capsys):
+    config = TuneConfig(out=tmp_path)
+    assert isinstance(config.base, TrainConfig) and config.base.epochs == 6 and config.base.image_size == 128
+    with pytest.raises(ValueError, match="batch-size"):
+        TuneConfig(out=tmp_path, base=TrainConfig(batch_size=0))
+    assert glimpse_main(["tune", "--batch-size", "0", "--out", str(tmp_path)]) == 2
+    assert "batch-size" in capsys.readouterr().err
 
 
 def test_search_space_has_the_chapter_hyperparameters():
     import keras_tuner as kt
 
-    from training.tuning import define_search_space
+    from studies.tuning import define_search_space
 
     hp = kt.HyperParameters()
     values = define_search_space(hp, pretrained=True)
@@ -182,7 +191,7 @@ def test_quick_tune_exports_the_best_model(quick_tune):
 def test_offline_values_never_ask_for_pretrained_weights():
     from autokeras.tuners.task_specific import IMAGE_CLASSIFIER
 
-    from training.tuning import offline_autokeras_values
+    from studies.tuning import offline_autokeras_values
 
     assert any(v for values in IMAGE_CLASSIFIER for k, v in values.items() if k.endswith("/pretrained"))
     for values in IMAGE_CLASSIFIER:
@@ -219,8 +228,8 @@ def _autokeras_like(num_classes: int, size: int = 16):
 
 
 def test_contract_model_rewraps_autokeras_graph_and_makes_two_class_probabilities():
+    from studies.tuning import autokeras_contract_model
     from training.export import find_gradcam_layer
-    from training.tuning import autokeras_contract_model
 
     original, pixels = _autokeras_like(2)
     model = autokeras_contract_model(original)
@@ -233,8 +242,8 @@ def test_contract_model_rewraps_autokeras_graph_and_makes_two_class_probabilitie
 def test_contract_model_rejects_what_the_contract_cannot_take():
     import keras
 
+    from studies.tuning import autokeras_contract_model
     from training.export import ExportError
-    from training.tuning import autokeras_contract_model
 
     inputs = keras.Input((8, 8, 3))
     flat = keras.layers.Flatten()(inputs)
@@ -271,8 +280,8 @@ def test_nested_autokeras_backbone_exports_with_gradcam(tmp_path):
     from skimage import data as skdata
 
     from serving.session import load_session_model
+    from studies.tuning import autokeras_contract_model
     from training.export import expected_signatures, export_classifier, find_gradcam_layer
-    from training.tuning import autokeras_contract_model
 
     original, pixels = _autokeras_like(3)
     model = autokeras_contract_model(original)

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.localization import make_localization_set
-from training.spurious import (
+from studies.localization import make_localization_set
+from studies.spurious import (
     QUICK_CONFIG,
     TEXTURES,
     SpuriousConfig,

@@ -11,7 +11,10 @@ with every method:
 - deletion curve: the class probability as the most important pixels (by the map) are replaced by grey, 0% to 100%
   in equal steps; its area (lower = the map found what the model uses), next to the same curve for a random order.
 
-``python -m training.localization`` prints the table kept in docs/explanations.md.
+The classifier is fitted through ``training.fit.fit`` (the fit path of ``glimpse train``), on arrays: pixels for the
+scratch CNN, cached backbone features for the Lite0 head.
+
+``python -m studies.localization`` prints the table kept in docs/explanations.md.
 """
 
 from __future__ import annotations
@@ -26,13 +29,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from PIL import Image
 
+from glimpse_wire.contract import METHOD_PARAMS, OUT_ATTRIBUTION, OUT_HEATMAP
 from training.data import TUXPAINT_CLASSES, TUXPAINT_ROOT
+from training.efficientnet_lite import build_efficientnet_lite0
+from training.fit import FitData, TrainConfig, fit
 
 if TYPE_CHECKING:
     import keras
 
-    from training.explain_graph import GraphExplainer
+    from training.explain import GraphExplainer
 
 __all__ = [
     "STAMPS_DIR",
@@ -113,6 +120,13 @@ class LocalizationConfig:
         if min(self.train_per_class, self.test_per_class, self.epochs, self.deletion_steps) < 1:
             raise ValueError("train_per_class, test_per_class, epochs and deletion_steps must be >= 1")
 
+    def train_config(self) -> TrainConfig:
+        """The fit of the trainable part (Adam, no augmentation: the set is fixed), as ``training.fit`` takes it.
+        ``model`` names the nearest of training's models; the localizer itself is built here and handed to fit."""
+        return TrainConfig(model="scratch", image_size=self.image_size, epochs=self.epochs,
+                           batch_size=self.batch_size, lr=self.learning_rate, optimizer="adam", augment="none",
+                           seed=self.seed, weights="none" if self.backbone == "scratch" else "imagenet")
+
 
 # A smaller run that the tests share (about 10 s of feature extraction and head training on 2 quiet CPU cores).
 QUICK_CONFIG = LocalizationConfig(train_per_class=100, test_per_class=10)
@@ -152,8 +166,6 @@ def load_cutouts(
     classes: Sequence[str], stamps_dir: str | Path = STAMPS_DIR
 ) -> dict[str, list[tuple[str, np.ndarray]]]:
     """Every real photo of each class as (relative path, RGBA uint8 cropped to its opaque pixels), sorted by path."""
-    from PIL import Image
-
     root = Path(stamps_dir)
     if not root.is_dir():
         raise FileNotFoundError(
@@ -202,8 +214,6 @@ def _compose(
     """Paste one cut-out onto ``background`` (float [S,S,3], 0-255) or, when None, a noisy neutral one drawn from
     ``rng``; returns (uint8 image, tight box of opaque pixels). A given background draws nothing from ``rng``, so
     the same seed places the cut-outs identically whatever the backgrounds."""
-    from PIL import Image
-
     longest = max(2, round(rng.uniform(*scale) * size))
     h, w = photo.shape[:2]
     ratio = longest / max(h, w)
@@ -322,8 +332,6 @@ def build_lite0_localizer(image_size: int, num_classes: int, seed: int = 0) -> t
     ``_head``. The two models have separate (unshared) head layers; copy the trained head's weights over."""
     import keras
 
-    from training.efficientnet_lite import build_efficientnet_lite0
-
     backbone = build_efficientnet_lite0((image_size, image_size, 3), include_top=False, weights="imagenet")
     features = _stride8_features(backbone)
     model = keras.Model(backbone.input, _head(features, num_classes, seed), name="localizer_lite0")
@@ -357,12 +365,8 @@ def train_localizer(
         model, fit_model = build_lite0_localizer(config.image_size, len(config.classes), config.seed)
         extractor = keras.Model(model.input, model.get_layer(GRADCAM_LAYER).input)
         fit_inputs = extractor.predict(pixels, batch_size=64, verbose=0)
-    fit_model.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-    fit_model.fit(fit_inputs, train.labels, batch_size=config.batch_size, epochs=config.epochs, shuffle=True, verbose=0)
+    data = FitData((fit_inputs, train.labels), len(config.classes), int(fit_inputs.shape[-1]), len(train.labels))
+    fit(config.train_config(), data, model=fit_model, verbose=0)
     if fit_model is not model:
         for name in _HEAD_LAYERS:
             model.get_layer(name).set_weights(fit_model.get_layer(name).get_weights())
@@ -404,8 +408,6 @@ def pointing_game(maps: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 def ranking_map(method: str, result: dict[str, Any]) -> np.ndarray:
     """The [N,H,W] importance used to rank pixels: the heatmap, except for pixel-gradient methods where the
     heatmap is clipped at a percentile (ties at 1.0) and the unclipped magnitude sum_c |attribution| is used."""
-    from glimpse_wire.contract import OUT_ATTRIBUTION, OUT_HEATMAP
-
     attribution = np.asarray(result[OUT_ATTRIBUTION])
     if attribution.ndim == 4:
         return np.abs(attribution).sum(axis=-1)
@@ -461,8 +463,6 @@ def evaluate_methods(
 
     ``params`` overrides METHOD_PARAMS defaults per method. Returns (pointing, deletion_auc, random_auc, seconds).
     """
-    from glimpse_wire.contract import METHOD_PARAMS
-
     images = test.images.astype(np.float32)
     labels = test.labels.astype(np.int32)
     pointing: dict[str, float] = {}
@@ -492,7 +492,7 @@ def evaluate_methods(
 
 def run_study(config: LocalizationConfig, params: dict[str, dict[str, Any]] | None = None) -> QualityReport:
     """Train on the localization set and measure every method."""
-    from training.explain_graph import GraphExplainer
+    from training.explain import GraphExplainer  # TensorFlow at import: only when the study runs
 
     start = time.perf_counter()
     model, _, test = train_localizer(config)
@@ -538,7 +538,7 @@ def format_report(report: QualityReport) -> str:
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     d = LocalizationConfig()
-    p = argparse.ArgumentParser(prog="python -m training.localization", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m studies.localization", description=__doc__.splitlines()[0])
     p.add_argument("--backbone", choices=BACKBONES, default=d.backbone)
     p.add_argument("--image-size", type=int, default=d.image_size)
     p.add_argument("--train-per-class", type=int, default=d.train_per_class)
