@@ -2,9 +2,10 @@
 
 All rows use the same model (keras.applications.MobileNetV2 at 224x224 with random weights: no download; 0-255
 pixels in, the [-1, 1] scaling inside) and the same photo (skimage's chelsea). Ours runs through the exported
-SavedModel in a TF-Serving-style graph session (``serving.session``), image bytes in, decode included; where the
-exporter is unavailable it falls back to a ``tf.function`` of ``training.explain_graph`` and says so. Timings are
-medians of several repetitions after a warm-up.
+SavedModel in a TF-Serving-style graph session (``serving.session``), image bytes in, decode included; without an
+export directory it runs a ``tf.function`` of ``training.explain``'s ``GraphExplainer`` and says so. The methods and
+their default parameters come from the method registry (``training.explain``). Timings are medians of several
+repetitions after a warm-up.
 
 Rows (``ratio = ours_s / baseline_s``; below 1 = Glimpse is faster):
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import statistics
 import tempfile
 import time
@@ -28,7 +30,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import keras
 import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from glimpse_wire.contract import IN_CLASS_INDEX, IN_IMAGE_BYTES
+from serving.session import load_session_model
+from training.explain import GraphExplainer, attribution_methods, get_method
+from training.export import export_classifier
 
 __all__ = ["BenchModel", "build_bench_model", "median_seconds", "paired_medians", "run_explain_benchmarks"]
 
@@ -79,28 +89,25 @@ class BenchModel:
         self._functions: dict[str, Any] = {}
         if export_base is not None:
             self._session = _export_and_load(model, export_base)
-            if self._session is not None:
-                self.via = "exported SavedModel, graph session"
-        if self._session is None:
-            from training.explain_graph import GraphExplainer
-
+            self.via = "exported SavedModel, graph session"
+        else:
             self._explainer = GraphExplainer(model, GRADCAM_LAYER)
 
     def explain(self, method: str, batch: int, **params: Any) -> dict[str, np.ndarray]:
-        """Run ``explain_<method>`` on ``batch`` copies of the photo; params are scalars (broadcast to [B])."""
-        from glimpse_wire.contract import METHOD_PARAMS, explain_signature
-
-        values = {p.name: np.full([batch], params.get(p.name, p.default), dtype=p.dtype) for p in METHOD_PARAMS[method]}
+        """Run ``explain_<method>`` on ``batch`` copies of the photo; params are scalars (broadcast to [B]), the
+        registry's defaults where not given."""
+        spec = get_method(method)
+        values = [np.full([batch], params.get(p.name, p.default), dtype=p.dtype) for p in spec.params]
         class_index = np.full([batch], -1, np.int32)
         if self._session is not None:
-            feeds = {"image_bytes": np.array([self.encoded] * batch, dtype=object), "class_index": class_index}
-            return self._session.run(explain_signature(method), {**feeds, **values})
+            feeds = {IN_IMAGE_BYTES: np.array([self.encoded] * batch, dtype=object), IN_CLASS_INDEX: class_index}
+            feeds.update({p.name: v for p, v in zip(spec.params, values, strict=True)})
+            return self._session.run(spec.signature, feeds)
         fn = self._functions.get(method)
         if fn is None:
             fn = self._functions[method] = self._explainer.function(method)
         images = np.repeat(self.image[np.newaxis], batch, axis=0)
-        names = [p.name for p in METHOD_PARAMS[method]]
-        return {k: v.numpy() for k, v in fn(images, class_index, *[values[n] for n in names]).items()}
+        return {k: v.numpy() for k, v in fn(images, class_index, *values).items()}
 
     def close(self) -> None:
         if self._session is not None:
@@ -108,8 +115,6 @@ class BenchModel:
 
 
 def _jpeg(image: np.ndarray) -> bytes:
-    from PIL import Image
-
     buf = io.BytesIO()
     Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(buf, format="JPEG", quality=95)
     return buf.getvalue()
@@ -118,8 +123,6 @@ def _jpeg(image: np.ndarray) -> bytes:
 def build_bench_model(seed: int = 0) -> Any:
     """MobileNetV2 224 with random weights (nothing downloaded), taking 0-255 pixels: Rescaling to [-1, 1] inside,
     softmax over 1000 classes; its Grad-CAM layer is ``out_relu`` (7x7x1280)."""
-    import keras
-
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3), name="image")
     scaled = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="scale")(inputs)
@@ -130,20 +133,13 @@ def build_bench_model(seed: int = 0) -> Any:
 
 
 def _photo() -> np.ndarray:
-    import tensorflow as tf
-    from skimage import data
+    from skimage import data  # scikit-image is a dev dependency: only the benchmark's photo needs it
 
     return tf.image.resize_with_pad(data.chelsea().astype(np.float32), IMAGE_SIZE, IMAGE_SIZE).numpy()
 
 
 def _export_and_load(model: Any, export_base: Path) -> Any:
-    """Export through training.export and load the version the way TF Serving does; None if unavailable."""
-    try:
-        from training.export import export_classifier
-    except ImportError:
-        return None
-    from serving.session import load_session_model
-
+    """Export through training.export and load the version the way TF Serving does."""
     version_dir = export_classifier(
         model,
         [f"class_{i}" for i in range(_NUM_CLASSES)],
@@ -172,8 +168,6 @@ def _row(name: str, ours: float, baseline: float | None, note: str) -> dict[str,
 def _forward_floor(model: Any, image: np.ndarray, positions: int, repeats: int) -> tuple[float, int]:
     """(positions x per-image forward time at the best batch size, that batch size). The floor counts whole forward
     passes; it is what any occlusion that runs the model once per position must spend at least."""
-    import tensorflow as tf
-
     forward = tf.function(lambda x: model(x, training=False))
     best, best_batch = float("inf"), 1
     for batch in (1, 2, 4, 8, 16, 32, 64):
@@ -239,19 +233,13 @@ def _occlusion_rows(bench: BenchModel, repeats: int) -> list[dict[str, Any]]:
     ]
 
 
+# Parameters other than the registry's defaults, per method (the batch rows cover every class-attribution method).
 _BATCH_PARAMS: dict[str, dict[str, Any]] = {
-    "gradcam": {},
     "occlusion": {"patch_size": OCCLUSION_PATCH, "stride": 0},
-    "vanilla_gradients": {},
-    "gradients_inputs": {},
-    "smoothgrad": {},
-    "integrated_gradients": {},
 }
 
 
 def _batch_rows(bench: BenchModel, repeats: int, quick: bool) -> list[dict[str, Any]]:
-    import tensorflow as tf
-
     # Reference: what batching buys the bare model on this hardware (the most any method can gain).
     forward = tf.function(lambda x: bench.model(x, training=False))
     one = tf.constant(bench.image[np.newaxis])
@@ -265,7 +253,8 @@ def _batch_rows(bench: BenchModel, repeats: int, quick: bool) -> list[dict[str, 
             "reference for the rows below: the batching gain of the bare model (tf.function, in-process)",
         )
     ]
-    for method, params in _BATCH_PARAMS.items():
+    for method in attribution_methods():
+        params = _BATCH_PARAMS.get(method, {})
         heavy = method == "occlusion"
         reps = 1 if (quick and heavy) else max(1, repeats // (3 if heavy else 1))
         batch, single = paired_medians(
@@ -287,8 +276,6 @@ def _batch_rows(bench: BenchModel, repeats: int, quick: bool) -> list[dict[str, 
 
 def run_explain_benchmarks(quick: bool) -> list[dict[str, Any]]:
     """All explanation benchmarks; ``quick`` uses fewer repetitions. Returns rows name/ours_s/baseline_s/ratio/note."""
-    import os
-
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     repeats = 3 if quick else 7
     with tempfile.TemporaryDirectory(prefix="glimpse-bench-explain-") as tmp:

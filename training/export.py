@@ -7,8 +7,11 @@ into ``<export_base>/<name>/<next integer>/``: a SavedModel written through ``ke
 is written into a hidden temporary directory next to the versions and renamed into place, so a server polling the base
 path never sees a half-written version, and an existing version is never overwritten.
 
-The signature keys and tensor aliases come from ``glimpse_wire.contract``; docs/contract.md describes the result.
-TensorFlow and Keras are imported inside the functions that need them.
+The signature keys and tensor aliases come from ``glimpse_wire.contract``; which ``explain_<method>`` signatures a
+model gets and how each is built come from the method registry (``training.explain``). docs/contract.md describes the
+result. TensorFlow, Keras and ``training.explain`` (which imports them) are imported inside the functions that need
+them: the light names here (``ExportError``, ``ExampleRecord``, ``expected_signatures``, ...) are imported by command
+modules whose ``--help`` must not load TensorFlow.
 """
 
 from __future__ import annotations
@@ -22,8 +25,12 @@ import shutil
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from glimpse_wire.contract import (
     ACTIVATIONS_METHOD,
@@ -59,6 +66,8 @@ from glimpse_wire.contract import (
 if TYPE_CHECKING:  # pragma: no cover
     import keras
 
+    from training.explain import ExplainMethod, GraphExplainer
+
 __all__ = [
     "PREPROCESSING_CHOICES",
     "EXAMPLES_FILE",
@@ -86,6 +95,12 @@ EXAMPLES_FILE = "examples/test.tfrecord"
 _TMP_PREFIX = ".tmp-"
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 _PREDICT_OUTPUTS = (OUT_PROBABILITIES, OUT_CLASS_INDEX, OUT_LABEL)
+
+# The writer recorded in the model card: the installed distribution's version (training never imports the CLI package).
+try:
+    _GLIMPSE_VERSION = version("glimpse")
+except PackageNotFoundError:  # a source tree that was never installed
+    _GLIMPSE_VERSION = "0+unknown"
 
 # How many stage outputs ``find_activation_layers`` keeps (the deepest ones): every selectable layer is tiled in the
 # explain_activations graph and pads its outputs, so the list stays short.
@@ -206,8 +221,6 @@ def example_features(record: Any) -> dict[str, Any]:
     features are read from the image itself: ``width``, ``height`` (pixels), ``aspect_ratio`` (width / height) and
     ``brightness`` (mean luma in [0, 1]).
     """
-    from PIL import Image, UnidentifiedImageError
-
     encoded = bytes(record.encoded)
     try:
         with Image.open(io.BytesIO(encoded)) as image:
@@ -540,8 +553,8 @@ def _has_conv_kernel(layer: Any) -> bool:
     return any(len(w.shape) == 4 for w in weights)
 
 
-def _make_explainer(model: Any, gradcam_layer: str | None, activation_layers: Sequence[str]) -> Any:
-    from training.explain_graph import GraphExplainer
+def _make_explainer(model: Any, gradcam_layer: str | None, activation_layers: Sequence[str]) -> GraphExplainer:
+    from training.explain import GraphExplainer  # imports TensorFlow: only when exporting (see the module docstring)
 
     try:
         return GraphExplainer(model, gradcam_layer, activation_layers=activation_layers)
@@ -553,10 +566,14 @@ def _make_explainer(model: Any, gradcam_layer: str | None, activation_layers: Se
 # The SavedModel
 
 
-def _write_saved_model(model: Any, explainer: Any, spec: _Spec, export_dir: Path) -> dict[str, str]:
-    """Write the SavedModel through ExportArchive; returns signature key -> method name."""
+def _write_saved_model(model: Any, explainer: GraphExplainer, spec: _Spec, export_dir: Path) -> dict[str, str]:
+    """Write the SavedModel through ExportArchive; returns signature key -> method name. The explanation signatures
+    are those of the registered methods the model supports (``explainer.signature_methods``), in the contract's order.
+    """
     import keras
     import tensorflow as tf
+
+    from training.explain import get_method
 
     height, width = spec.height, spec.width
     labels = tf.constant(list(spec.class_names))
@@ -608,39 +625,37 @@ def _write_saved_model(model: Any, explainer: Any, spec: _Spec, export_dir: Path
         PREDICT_METHOD_NAME,
     )
     add(SIG_CLASSIFY, classification, [tf.TensorSpec([None], tf.string, name=IN_EXAMPLES)], CLASSIFY_METHOD_NAME)
-    for method in EXPLAIN_METHODS:
-        if method not in explainer.signature_methods:
-            continue
+    for name in explainer.signature_methods:
+        method = get_method(name)
         fn, signature = _explain_endpoint(method, explainer, decode, to_model_pixels)
-        add(explain_signature(method), fn, signature, PREDICT_METHOD_NAME)
+        add(method.signature, fn, signature, PREDICT_METHOD_NAME)
     archive.write_out(str(export_dir), verbose=False)
     return methods
 
 
 def _explain_endpoint(
-    method: str,
-    explainer: Any,
+    method: ExplainMethod,
+    explainer: GraphExplainer,
     decode: Callable[[Any], Any],
     to_model_pixels: Callable[[Any], Any],
 ) -> tuple[Callable[..., dict[str, Any]], list[Any]]:
     """One generic builder for every ``explain_<method>``: image bytes, class index and the method's [B] params."""
     import tensorflow as tf
 
-    params = METHOD_PARAMS[method]
-    names = tuple(p.name for p in params)
-    outputs = explain_outputs(method)
+    names = tuple(p.name for p in method.params)
+    outputs = method.outputs
     signature = [
         tf.TensorSpec([None], tf.string, name=IN_IMAGE_BYTES),
         tf.TensorSpec([None], tf.int32, name=IN_CLASS_INDEX),
-        *(tf.TensorSpec([None], tf.as_dtype(p.dtype), name=p.name) for p in params),
+        *(tf.TensorSpec([None], tf.as_dtype(p.dtype), name=p.name) for p in method.params),
     ]
 
     def explain(image_bytes: tf.Tensor, class_index: tf.Tensor, *values: tf.Tensor) -> dict[str, tf.Tensor]:
         images = to_model_pixels(decode(image_bytes))
-        result = explainer.explain(method, images, class_index, **dict(zip(names, values, strict=True)))
+        result = explainer.explain(method.name, images, class_index, **dict(zip(names, values, strict=True)))
         return {alias: result[alias] for alias in outputs}
 
-    explain.__name__ = f"explain_{method}"
+    explain.__name__ = method.signature
     return explain, signature
 
 
@@ -705,9 +720,9 @@ def _check_signature_defs(export_dir: Path, methods: Mapping[str, str], spec: _S
 # Assets: model card, warm-up requests, publishing
 
 
-def _model_card(spec: _Spec, methods: Mapping[str, str], extra: Mapping[str, Any], explainer: Any) -> dict[str, Any]:
-    from glimpse import __version__
-
+def _model_card(
+    spec: _Spec, methods: Mapping[str, str], extra: Mapping[str, Any], explainer: GraphExplainer
+) -> dict[str, Any]:
     explain = [m for m in EXPLAIN_METHODS if explain_signature(m) in methods]
     card: dict[str, Any] = {
         "labels": list(spec.class_names),
@@ -730,7 +745,7 @@ def _model_card(spec: _Spec, methods: Mapping[str, str], extra: Mapping[str, Any
         "metrics": {},
         "training": {},
         "dataset": {},
-        "glimpse_version": __version__,
+        "glimpse_version": _GLIMPSE_VERSION,
         "contract_version": CONTRACT_VERSION,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -753,8 +768,6 @@ def _json_default(value: Any) -> Any:
 
 def _warmup_image() -> bytes:
     """A small grey PNG (Pillow) for the warm-up requests."""
-    from PIL import Image
-
     buffer = io.BytesIO()
     Image.new("RGB", (32, 32), (128, 128, 128)).save(buffer, format="PNG")
     return buffer.getvalue()
@@ -762,7 +775,6 @@ def _warmup_image() -> bytes:
 
 def _write_warmup(path: Path, name: str, methods: Mapping[str, str], spec: _Spec) -> None:
     """One PredictionLog per signature: predict_log for predict signatures, classify_log for classification."""
-    import numpy as np
     import tensorflow as tf
     from tensorflow_serving.apis import classification_pb2, predict_pb2, prediction_log_pb2
 
@@ -789,8 +801,6 @@ def _write_warmup(path: Path, name: str, methods: Mapping[str, str], spec: _Spec
 
 
 def _warmup_inputs(key: str, image: bytes, spec: _Spec) -> dict[str, Any]:
-    import numpy as np
-
     if key == SIG_PIXELS:
         return {IN_IMAGES: np.full((1, spec.height, spec.width, 3), 128.0, dtype=np.float32)}
     if key == SIG_DEFAULT:

@@ -1,4 +1,4 @@
-"""Unit tests of training.explain_graph: the pure maths against hand-computed values, the per-example parameter
+"""Unit tests of training.explain: the pure maths against hand-computed values, the per-example parameter
 semantics, input validation, and that every method runs in a TF-Serving-style graph session after export."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from glimpse_wire.contract import (
     OUT_SCORE,
     explain_signature,
 )
-from training.explain_graph import (
+from training.explain import (
     GREY_VALUE,
     ExplainerConfig,
     GraphExplainer,

@@ -1,4 +1,4 @@
-"""Parity of training.explain_graph with tf-explain 0.3.1 on the same small real model and real images.
+"""Parity of training.explain with tf-explain 0.3.1 on the same small real model and real images.
 
 The model is the localization study's CNN trained on Tux Paint photos (training.localization); the images are
 skimage's chelsea and two of the study's held-out composites. Where tf-explain's entry points break under Keras 3
@@ -32,9 +32,9 @@ from glimpse_wire.contract import (
     OUT_HEATMAP,
     OUT_LAYER_NAME,
 )
-from training.explain_graph import GraphExplainer, grid_side, smoothgrad_noise
+from studies.localization import GRADCAM_LAYER, QUICK_CONFIG, cached_localizer
+from training.explain import GraphExplainer, grid_side, smoothgrad_noise
 from training.export import find_activation_layers
-from training.localization import GRADCAM_LAYER, QUICK_CONFIG, cached_localizer
 
 pytestmark = pytest.mark.slow
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,6 +99,21 @@ def _png(image: np.ndarray) -> bytes:
 
 # ------------------------------------------------------------------------------------------------------------------
 # small helpers (no export)
+
+
+def test_importing_the_exporter_loads_neither_tensorflow_nor_the_cli_package() -> None:
+    """Command modules import ExportError and friends for their --help; the card's version comes from the installed
+    distribution, not from the ``glimpse`` package above training."""
+    code = (
+        "import sys\n"
+        "import training.export\n"
+        "loaded = sorted(m for m in ('tensorflow', 'keras', 'glimpse', 'training.explain') if m in sys.modules)\n"
+        "assert not loaded, loaded\n"
+        "print('LIGHT', training.export._GLIMPSE_VERSION)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["LIGHT", __version__]
 
 
 def test_next_version_counts_integer_directories_only(tmp_path: Path) -> None:
