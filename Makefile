@@ -15,6 +15,7 @@ PYTEST_ARGS ?=
 install: $(STAMP) apt-data
 
 $(STAMP): pyproject.toml
+	@echo "Installing Python packages into $(VENV) (pyproject.toml; README.md says why each is there)."
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e '.[dev]'
@@ -23,6 +24,8 @@ $(STAMP): pyproject.toml
 apt-data:
 	@missing=0; for f in $(APT_CHECK); do [ -e $$f ] || missing=1; done; \
 	if [ $$missing = 0 ]; then exit 0; fi; \
+	echo "Installing Debian packages (once): tuxpaint-stamps-default (offline photos for training and the demo)," \
+	     "dataset-fashion-mnist (the Fashion-MNIST dataset), chromium (headless browser for the web page test)."; \
 	if [ "$$(id -u)" = 0 ]; then \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null \
 	  || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null; }; \
@@ -38,6 +41,7 @@ stop:
 	@if [ -f out/stack.pid ]; then kill -TERM -- -$$(cat out/stack.pid) 2>/dev/null || true; rm -f out/stack.pid; echo stopped; fi
 
 test: install
+	$(VENV)/bin/lint-imports --no-logo
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: install
@@ -48,6 +52,7 @@ bench: install
 
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-logo
 
 protos: install
 	$(PY) -m glimpse_wire._regen
