@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from glimpse_wire.client import ServingClient
 from glimpse_wire.contract import (
     CLASSIFY_METHOD_NAME,
     EXAMPLE_IMAGE_KEY,
@@ -39,11 +40,14 @@ from glimpse_wire.contract import (
     PREDICT_METHOD_NAME,
     SIG_CLASSIFY,
 )
+from glimpse_wire.errors import ServingError
+from glimpse_wire.examples import TFRecordError, read_tfrecord
+from whatif import compat
 
 if TYPE_CHECKING:  # pragma: no cover
     from witwidget.notebook.visualization import WitConfigBuilder
 
-    from glimpse_wire.client import ModelMetadata, ServingClient
+    from glimpse_wire.client import ModelMetadata
 
 __all__ = [
     "MODEL_TYPE",
@@ -113,8 +117,6 @@ class WitSettings:
 
 def read_serialized_examples(path: str | os.PathLike[str], max_examples: int) -> list[bytes]:
     """Up to ``max_examples`` serialized tf.Examples of a TFRecord file (GZIP detected), without TensorFlow."""
-    from glimpse_wire.examples import TFRecordError, read_tfrecord
-
     path = Path(path)
     if not path.is_file():
         raise WitConfigError(
@@ -344,10 +346,7 @@ def resolve_settings(
         return _with_vocab(settings, vocab, None)
 
     if client_factory is None:
-        from glimpse_wire.client import ServingClient
-
         client_factory = ServingClient
-    from glimpse_wire.errors import ServingError
 
     served: dict[ModelTarget, int | None] = {}
     vocabs: dict[ModelTarget, list[str]] = {}
@@ -401,8 +400,6 @@ def _with_vocab(settings: WitSettings, vocab: list[str] | None, served_version: 
 def builder_from_settings(settings: WitSettings, examples: Sequence[Any] | None = None) -> WitConfigBuilder:
     """witwidget's ``WitConfigBuilder`` holding ``settings`` and the examples (loaded from the settings' path when
     ``examples`` is None)."""
-    from whatif import compat
-
     compat.install()
     from witwidget.notebook.visualization import WitConfigBuilder
 

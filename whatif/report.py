@@ -17,14 +17,14 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from glimpse_wire.client import ClientConfig, ServingClient
 from glimpse_wire.contract import EXAMPLE_LABEL_KEY, EXAMPLE_LABEL_NAME_KEY, SIG_CLASSIFY
-
-if TYPE_CHECKING:  # pragma: no cover
-    from glimpse_wire.client import ServingClient
+from glimpse_wire.errors import ServingError
+from glimpse_wire.examples import TFRecordError, parse_example, read_tfrecord
 
 __all__ = [
     "ASPECT_RATIO_BINS",
@@ -164,8 +164,6 @@ def _single(values: Sequence[Any], key: str, index: int, kind: type | tuple[type
 def read_example_table(path: str | os.PathLike[str], max_examples: int = 10_000) -> ExampleTable:
     """Up to ``max_examples`` examples of the exporter's TFRecord: ``label`` (int64) is required, ``label_name``
     and the slicing features (:data:`FEATURE_KEYS`) are used when present (NaN where an example lacks one)."""
-    from glimpse_wire.examples import TFRecordError, parse_example, read_tfrecord
-
     path = Path(path)
     if not path.is_file():
         raise ReportError(f"no examples TFRecord at {path}")
@@ -624,10 +622,7 @@ def make_report(
 ) -> dict[str, Any]:
     """Run the model(s) over the examples and write ``report.json``, ``report.md`` and the charts into
     ``config.out``; returns the report (as written to report.json)."""
-    from glimpse_wire.errors import ServingError
-
     if client_factory is None:
-        from glimpse_wire.client import ClientConfig, ServingClient
 
         def client_factory(address: str) -> ServingClient:
             return ServingClient(ClientConfig(address=address, timeout_s=config.timeout_s))
