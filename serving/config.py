@@ -1,10 +1,12 @@
 """The server's configuration: flags in a frozen :class:`ServerConfig`, config files as TF Serving's protobufs.
 
-Flag names and defaults are tensorflow_model_server's. The three text-proto files it reads are parsed with
-``google.protobuf.text_format`` into the real messages: ``ModelServerConfig`` from tensorflow-serving-api's
-``tensorflow_serving.config``, ``BatchingParameters`` and ``MonitoringConfig`` from ``serving/_proto`` (same field
-names and numbers as TF Serving's; the wheel lacks them). This module imports only the standard library at import
-time; the protobuf modules are imported by the functions that need them.
+Flag names and defaults are tensorflow_model_server's (main.cc, server.h). The text-proto files it reads are parsed
+with ``google.protobuf.text_format`` into the real messages: ``ModelServerConfig`` from tensorflow-serving-api's
+``tensorflow_serving.config``, ``BatchingParameters``, ``MonitoringConfig`` and ``SSLConfig`` from ``serving/_proto``
+(same field names and numbers as TF Serving's; the wheel lacks them), the session ``ConfigProto`` from TensorFlow.
+A file that does not parse is reported as TF Serving's protobuf parser reports it:
+``Error parsing text-format tensorflow.serving.ModelServerConfig: LINE:COLUMN: ...``. This module imports only the
+standard library at import time; the protobuf modules are imported by the functions that need them.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ __all__ = [
     "single_model_config",
     "load_batching_options",
     "load_monitoring_options",
+    "load_ssl_config",
     "parse_channel_arguments",
 ]
 
@@ -68,6 +71,22 @@ class ServerConfig:
     grpc_channel_arguments: str = ""
     tensorflow_intra_op_parallelism: int = 0
     tensorflow_inter_op_parallelism: int = 0
+    grpc_socket_path: str = ""
+    rest_api_enable_cors_support: bool = False
+    max_num_load_retries: int = 5
+    load_retry_interval_micros: int = 60 * 1000 * 1000
+    tensorflow_session_parallelism: int = 0
+    tensorflow_session_config_file: str = ""
+    ssl_config_file: str = ""
+    per_process_gpu_memory_fraction: float = 0.0
+    saved_model_tags: str = "serve"
+    enable_model_warmup: bool = True
+    num_request_iterations_for_warmup: int = 0
+    prefer_tflite_model: bool = False
+    num_tflite_pools: int = field(default_factory=_cpus)
+    enable_profiler: bool = True
+    enable_grpc_healthcheck_service: bool = False
+    enable_serialization_as_tensor_content: bool = False
     # Glimpse extensions (not tensorflow_model_server flags).
     bind_address: str = "0.0.0.0"
     shutdown_grace_seconds: float = 10.0
@@ -84,8 +103,51 @@ class ServerConfig:
             raise ConfigError(f"--rest_api_timeout_in_ms must be >= 0, got {self.rest_api_timeout_in_ms}")
         if self.shutdown_grace_seconds < 0:
             raise ConfigError(f"--shutdown_grace_seconds must be >= 0, got {self.shutdown_grace_seconds}")
+        # Server::BuildAndStart's checks, in its order and with its messages.
+        if self.port == 0 and not self.grpc_socket_path:
+            raise ConfigError(
+                "At least one of server_options.grpc_port or server_options.grpc_socket_path must be set.")
         if not self.model_config_file and not self.model_base_path:
             raise ConfigError("Both server_options.model_base_path and server_options.model_config_file are empty!")
+        if self.batching_parameters_file and not self.enable_batching:
+            raise ConfigError("server_options.batching_parameters_file is set without setting "
+                              "server_options.enable_batching to true.")
+        if (self.tensorflow_intra_op_parallelism > 0 and self.tensorflow_inter_op_parallelism > 0
+                and self.tensorflow_session_parallelism > 0):
+            raise ConfigError("Either configure server_options.tensorflow_session_parallelism or "
+                              "(server_options.tensorflow_intra_op_parallelism, "
+                              "server_options.tensorflow_inter_op_parallelism) separately. You cannot configure all.")
+        if not 0.0 <= self.per_process_gpu_memory_fraction <= 1.0:
+            raise ConfigError("--per_process_gpu_memory_fraction must be between 0.0 and 1.0, got "
+                              f"{self.per_process_gpu_memory_fraction}")
+        if self.num_tflite_pools < 1:
+            raise ConfigError(f"--num_tflite_pools must be at least 1, got {self.num_tflite_pools}")
+
+    @property
+    def load_retry_interval_seconds(self) -> float:
+        """--load_retry_interval_micros in seconds (negative: no wait, as TF Serving)."""
+        return max(0.0, self.load_retry_interval_micros / 1e6)
+
+    @property
+    def tags(self) -> list[str]:
+        """--saved_model_tags as the MetaGraph tag set to load."""
+        return [t for t in self.saved_model_tags.split(",") if t]
+
+    def session_config(self) -> Any:
+        """The session ConfigProto of every TensorFlow model (Server::BuildAndStart's precedence)."""
+        from tensorflow.core.protobuf import config_pb2
+
+        config = config_pb2.ConfigProto()
+        if self.tensorflow_session_config_file:
+            read_text_proto(self.tensorflow_session_config_file, config)
+        config.gpu_options.per_process_gpu_memory_fraction = self.per_process_gpu_memory_fraction
+        if self.tensorflow_intra_op_parallelism > 0 or self.tensorflow_inter_op_parallelism > 0:
+            config.intra_op_parallelism_threads = self.tensorflow_intra_op_parallelism
+            config.inter_op_parallelism_threads = self.tensorflow_inter_op_parallelism
+        else:
+            config.intra_op_parallelism_threads = self.tensorflow_session_parallelism
+            config.inter_op_parallelism_threads = self.tensorflow_session_parallelism
+        return config
 
     def model_server_config(self) -> Any:
         """The ``ModelServerConfig`` to serve: the config file's, or one model from --model_name/--model_base_path."""
@@ -94,8 +156,19 @@ class ServerConfig:
         return single_model_config(self.model_name, self.model_base_path)
 
 
+def _tf_serving_name(message: Any) -> str:
+    """The message's name as TF Serving's parser prints it (our copies live in another proto package)."""
+    full_name = message.DESCRIPTOR.full_name
+    if full_name.startswith("glimpse.serving_config."):
+        return "tensorflow.serving." + message.DESCRIPTOR.name
+    return full_name
+
+
 def read_text_proto(path: str | Path, message: Any) -> Any:
-    """Parse a text-format protobuf file into ``message`` (a fresh message instance) and return it."""
+    """Parse a text-format protobuf file into ``message`` (a fresh message instance) and return it.
+
+    A parse error reads like TF Serving's ParseProtoTextFile: protobuf's
+    ``Error parsing text-format <message>: LINE:COLUMN: <what>`` line, then ``Invalid protobuf file: '<path>'``."""
     from google.protobuf import text_format
 
     try:
@@ -105,7 +178,14 @@ def read_text_proto(path: str | Path, message: Any) -> Any:
     try:
         return text_format.Parse(text, message)
     except text_format.ParseError as e:
-        raise ConfigError(f"Invalid protobuf file: '{path}': {e}") from e
+        line, column = e.GetLine(), e.GetColumn()
+        what = str(e)
+        prefix = f"{line}:{column} : "
+        if what.startswith(prefix):
+            what = what[len(prefix):]
+        where = f"{line}:{column}: " if line is not None else ""
+        raise ConfigError(f"Error parsing text-format {_tf_serving_name(message)}: {where}{what}\n"
+                          f"Invalid protobuf file: '{path}'") from e
 
 
 def load_model_server_config(path: str | Path) -> Any:
@@ -194,6 +274,13 @@ def load_monitoring_options(path: str | Path | None) -> MonitoringOptions:
     if not path_value.startswith("/"):
         raise ConfigError(f"prometheus_config.path must start with '/', got {path_value!r}")
     return MonitoringOptions(prometheus_enabled=bool(prom.enable), prometheus_path=path_value)
+
+
+def load_ssl_config(path: str | Path) -> Any:
+    """``--ssl_config_file`` (text ``SSLConfig``: server_key, server_cert, custom_ca, client_verify)."""
+    from serving._proto import ssl_config_pb2
+
+    return read_text_proto(path, ssl_config_pb2.SSLConfig())
 
 
 def parse_channel_arguments(text: str) -> list[tuple[str, int | str]]:

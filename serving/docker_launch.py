@@ -111,13 +111,24 @@ def _passthrough_flags(config: ServerConfig) -> list[str]:
         "rest_api_timeout_in_ms",
         "tensorflow_intra_op_parallelism",
         "tensorflow_inter_op_parallelism",
+        "tensorflow_session_parallelism",
+        "max_num_load_retries",
+        "load_retry_interval_micros",
+        "num_request_iterations_for_warmup",
+        "per_process_gpu_memory_fraction",
+        "saved_model_tags",
     ):
         value = getattr(config, name)
         if value != getattr(defaults, name):
             flags.append(f"--{name}={value}")
-    for name in ("allow_version_labels_for_unavailable_models", "enable_signature_method_name_check"):
+    for name in ("allow_version_labels_for_unavailable_models", "enable_signature_method_name_check",
+                 "prefer_tflite_model", "enable_grpc_healthcheck_service", "enable_serialization_as_tensor_content",
+                 "rest_api_enable_cors_support"):
         if getattr(config, name):
             flags.append(f"--{name}=true")
+    for name in ("enable_model_warmup", "enable_profiler"):
+        if not getattr(config, name):
+            flags.append(f"--{name}=false")
     if config.grpc_channel_arguments:
         flags.append(f"--grpc_channel_arguments={config.grpc_channel_arguments}")
     return flags

@@ -3,12 +3,22 @@
 The servicers are tensorflow-serving-api's own generated bases; each method hands the request to
 :class:`serving.service.InferenceService` and turns a :class:`ServingError` into the call's status, with TF
 Serving's 1024-character message limit ("...TRUNCATED"). The request's deadline bounds the run. The server accepts
-messages up to INT32_MAX bytes, like tensorflow_model_server, and applies ``--grpc_channel_arguments``.
+messages up to INT32_MAX bytes, like tensorflow_model_server, and applies ``--grpc_channel_arguments``. It listens on
+each address given (``host:port`` and, for ``--grpc_socket_path``, ``unix:PATH``), with TLS when an ``SSLConfig`` is
+given (server.cc's BuildServerCredentials).
+
+TF Serving registers TensorFlow's profiler service (``tensorflow.ProfilerService``) on its gRPC port. TensorFlow's
+Python API starts that service only as a server of its own (``tf.profiler.experimental.server.start``), so with
+``profiler=True`` it is started in-process on a free port at the first profiler call (TensorFlow's server listens on
+all interfaces there) and the gRPC port forwards the service's calls to it byte for byte:
+``tf.profiler.experimental.client.trace("host:8500", ...)`` traces this process as it would TF Serving's.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +44,7 @@ __all__ = [
     "PredictionServicer",
     "ModelServicer",
     "GrpcServer",
+    "PROFILER_SERVICE",
 ]
 
 log = logging.getLogger("serving.grpc")
@@ -42,6 +53,10 @@ MAX_MESSAGE_LENGTH = 2**31 - 1
 ERROR_MESSAGE_LIMIT = 1024
 PREDICTION_SERVICE = prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name
 MODEL_SERVICE = model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
+PROFILER_SERVICE = "tensorflow.ProfilerService"
+_PROFILER_METHODS = ("Profile", "Terminate", "Monitor")
+_profiler_lock = threading.Lock()
+_profiler_port: int | None = None
 
 
 def truncate_message(message: str) -> str:
@@ -103,16 +118,82 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         return _answer(context, call)
 
 
+def _local_profiler_port() -> int:
+    """The port of this process's TensorFlow profiler server (started once, on first use; dialled on loopback)."""
+    global _profiler_port
+    with _profiler_lock:
+        if _profiler_port is None:
+            import tensorflow as tf
+
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                probe.bind(("127.0.0.1", 0))
+                port = probe.getsockname()[1]
+            tf.profiler.experimental.server.start(port)
+            _profiler_port = port
+        return _profiler_port
+
+
+class _ProfilerForwarder(grpc.GenericRpcHandler):
+    """``tensorflow.ProfilerService`` calls, forwarded unchanged (serialized bytes) to the in-process profiler."""
+
+    def __init__(self) -> None:
+        self._channel: grpc.Channel | None = None
+        self._lock = threading.Lock()
+
+    def _target(self) -> grpc.Channel:
+        with self._lock:
+            if self._channel is None:
+                self._channel = grpc.insecure_channel(
+                    f"127.0.0.1:{_local_profiler_port()}",
+                    options=[("grpc.max_receive_message_length", MAX_MESSAGE_LENGTH)],
+                )
+            return self._channel
+
+    def service(self, handler_call_details: Any) -> Any:
+        method = handler_call_details.method
+        prefix = f"/{PROFILER_SERVICE}/"
+        if not method.startswith(prefix) or method[len(prefix):] not in _PROFILER_METHODS:
+            return None
+
+        def forward(request: bytes, context: grpc.ServicerContext) -> bytes:
+            try:
+                return self._target().unary_unary(method)(request, timeout=context.time_remaining())
+            except grpc.RpcError as e:
+                context.abort(e.code(), e.details() or "")
+            except Exception as e:  # the profiler could not start
+                context.abort(grpc.StatusCode.UNAVAILABLE, f"Profiler service unavailable: {e}")
+
+        return grpc.unary_unary_rpc_method_handler(forward)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._channel is not None:
+                self._channel.close()
+                self._channel = None
+
+
+def _credentials(ssl: Any) -> grpc.ServerCredentials:
+    """server.cc's BuildServerCredentials for an SSLConfig."""
+    return grpc.ssl_server_credentials(
+        [(ssl.server_key.encode("utf-8"), ssl.server_cert.encode("utf-8"))],
+        root_certificates=ssl.custom_ca.encode("utf-8") if ssl.custom_ca else None,
+        require_client_auth=bool(ssl.client_verify),
+    )
+
+
 class GrpcServer:
-    """PredictionService + ModelService + health + reflection on ``address`` (e.g. "0.0.0.0:8500")."""
+    """PredictionService + ModelService + health + reflection (+ the profiler) on ``addresses``
+    (e.g. ``["0.0.0.0:8500", "unix:/tmp/tf-serving.sock"]``)."""
 
     def __init__(
         self,
         service: InferenceService,
-        address: str,
+        addresses: str | Sequence[str],
         *,
         max_workers: int,
         channel_arguments: Sequence[tuple[str, int | str]] = (),
+        ssl: Any = None,
+        profiler: bool = False,
     ) -> None:
         options: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_LENGTH),
@@ -126,11 +207,22 @@ class GrpcServer:
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(service), self._server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
-        names = (PREDICTION_SERVICE, MODEL_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
+        names = [PREDICTION_SERVICE, MODEL_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME]
+        self._profiler = _ProfilerForwarder() if profiler else None
+        if self._profiler is not None:
+            self._server.add_generic_rpc_handlers((self._profiler,))
+            names.append(PROFILER_SERVICE)
         reflection.enable_server_reflection(names, self._server)
-        self.port = self._server.add_insecure_port(address)
-        if self.port == 0:
-            raise OSError(f"Failed to bind the gRPC server to {address}")
+        self.port = 0
+        for address in [addresses] if isinstance(addresses, str) else addresses:
+            if ssl is not None:
+                bound = self._server.add_secure_port(address, _credentials(ssl))
+            else:
+                bound = self._server.add_insecure_port(address)
+            if bound == 0:
+                raise OSError(f"Failed to bind the gRPC server to {address}")
+            if not address.startswith("unix:"):
+                self.port = bound
 
     def set_serving(self, name: str, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -142,4 +234,7 @@ class GrpcServer:
     def stop(self, grace: float) -> bool:
         """Refuse new calls, let in-flight calls finish within ``grace`` seconds; True when they all did."""
         self.health.enter_graceful_shutdown()
-        return self._server.stop(grace).wait(grace + 5.0)
+        done = self._server.stop(grace).wait(grace + 5.0)
+        if self._profiler is not None:
+            self._profiler.close()
+        return done

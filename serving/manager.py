@@ -1,15 +1,19 @@
 """Model versions the way TF Serving's ServerCore manages them.
 
-For every model of the ``ModelServerConfig`` the manager polls ``base_path`` for integer version directories, picks
-the aspired versions by the model's policy (``latest { num_versions }``, default 1; ``all {}``;
-``specific { versions }``) and loads and unloads versions with TF Serving's AvailabilityPreservingPolicy: a new
-version is loaded (and warmed up) before an old one is unloaded, and a version that fails to load is reported (state
-END with its error) while the versions already loaded keep serving. Version states follow ``ModelVersionStatus``
-(START, LOADING, AVAILABLE, UNLOADING, END); unloaded versions stay listed as END, as TF Serving's state monitor
-keeps them. Requests hold a :class:`ServableHandle`; a version being unloaded stops taking new requests and waits
-for the ones in flight. Version labels follow ``ServerCore::UpdateModelVersionLabelMap`` (a label may only point at
-an AVAILABLE version unless ``allow_version_labels_for_unavailable_models``, and then only a new label or an
-unchanged one). Loading runs on one manager thread, serially, like TF Serving's default of one load thread.
+For every model of the ``ModelServerConfig`` the manager polls ``base_path`` for version directories: any child
+whose name parses as an integer, as file_system_storage_path_source.cc's ``absl::SimpleAtoi`` does (``00000123`` is
+version 123), and a version keeps loading from the directory it was found in. It picks the aspired versions by the
+model's policy (``latest { num_versions }``, default 1; ``all {}``; ``specific { versions }``) and loads and unloads
+versions with TF Serving's AvailabilityPreservingPolicy: a new version is loaded (and warmed up) before an old one
+is unloaded. A load that fails is retried ``max_num_load_retries`` times, ``load_retry_interval_seconds`` apart, as
+LoaderHarness does (the version stays LOADING meanwhile; retries stop when it is no longer aspired); a version whose
+last try failed is reported (state END with its error) while the versions already loaded keep serving. Version
+states follow ``ModelVersionStatus`` (START, LOADING, AVAILABLE, UNLOADING, END); unloaded versions stay listed as
+END, as TF Serving's state monitor keeps them. Requests hold a :class:`ServableHandle`; a version being unloaded
+stops taking new requests and waits for the ones in flight. Version labels follow
+``ServerCore::UpdateModelVersionLabelMap`` (a label may only point at an AVAILABLE version unless
+``allow_version_labels_for_unavailable_models``, and then only a new label or an unchanged one). Loading runs on one
+manager thread, serially, like TF Serving's default of one load thread.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import enum
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,12 +38,40 @@ from glimpse_wire.errors import (
     error_for,
 )
 
-__all__ = ["State", "VersionStatus", "ServableHandle", "ModelManager", "validate_model_server_config"]
+__all__ = [
+    "State",
+    "VersionStatus",
+    "ServableHandle",
+    "ModelManager",
+    "validate_model_server_config",
+    "parse_version_dir",
+    "DEFAULT_MAX_NUM_LOAD_RETRIES",
+    "DEFAULT_LOAD_RETRY_INTERVAL_SECONDS",
+]
 
 log = logging.getLogger("serving.manager")
 
 _TENSORFLOW_PLATFORM = "tensorflow"
 _UNLOAD_WAIT_SECONDS = 60.0
+_INT64_MAX = 2**63 - 1
+# absl::SimpleAtoi: optional ASCII whitespace around an optional sign and decimal digits.
+_VERSION_NAME = re.compile(r"[ \t\n\v\f\r]*([+-]?[0-9]+)[ \t\n\v\f\r]*")
+DEFAULT_MAX_NUM_LOAD_RETRIES = 5
+DEFAULT_LOAD_RETRY_INTERVAL_SECONDS = 60.0
+
+
+def parse_version_dir(name: str) -> int | None:
+    """The version a base-path child names (``"00000123"`` -> 123), or None when it names none.
+
+    TF Serving parses child names with ``absl::SimpleAtoi`` into an int64; negative numbers, which it would also
+    accept, are left out here (no exporter writes them and ``Latest`` could never pick them)."""
+    match = _VERSION_NAME.fullmatch(name)
+    if match is None:
+        return None
+    number = int(match.group(1))
+    if number < 0 or number > _INT64_MAX:
+        return None
+    return number
 
 
 class State(enum.IntEnum):
@@ -157,6 +190,8 @@ class ModelManager:
         on_change: Callable[[str], None] | None = None,
         file_system_poll_wait_seconds: float = 1.0,
         allow_version_labels_for_unavailable_models: bool = False,
+        max_num_load_retries: int = 0,
+        load_retry_interval_seconds: float = 0.0,
     ) -> None:
         self._loader = loader
         self._warmup = warmup
@@ -164,6 +199,8 @@ class ModelManager:
         self._on_change = on_change or (lambda name: None)
         self._poll_seconds = file_system_poll_wait_seconds
         self._allow_unavailable_labels = allow_version_labels_for_unavailable_models
+        self._max_load_retries = max(0, int(max_num_load_retries))
+        self._retry_interval = max(0.0, float(load_retry_interval_seconds))
         self._lock = threading.Condition(threading.RLock())
         self._actions = threading.RLock()  # one reconcile at a time (poll thread or config reload)
         self._models: dict[str, _Model] = {}
@@ -253,9 +290,10 @@ class ModelManager:
         """One poll of every base path, and the loads/unloads it implies (the poll thread calls this)."""
         self._reconcile()
 
-    def _scan(self, model: _Model) -> set[int] | None:
+    def _scan(self, model: _Model) -> dict[int, str] | None:
+        """Version -> directory name of the base path's children (None when the base path cannot be listed)."""
         try:
-            entries = os.listdir(model.base_path)
+            entries = sorted(os.listdir(model.base_path))
         except OSError as e:
             message = f"Could not find base path {model.base_path} for servable {model.name} with error {e}"
             if model.warned != message:
@@ -263,10 +301,20 @@ class ModelManager:
                 model.warned = message
             return None
         model.warned = ""
-        versions: set[int] = set()
+        versions: dict[int, str] = {}
         for entry in entries:
-            if entry.isdigit() and os.path.isdir(os.path.join(model.base_path, entry)):
-                versions.add(int(entry))
+            number = parse_version_dir(entry)
+            if number is None or not os.path.isdir(os.path.join(model.base_path, entry)):
+                continue
+            if number in versions:
+                # IndexChildrenByVersion: the later child wins, with a warning. A canonical name ("123") is
+                # preferred over padded ones, as AspireSpecificVersionsFastPath does when every name is canonical.
+                keep, drop = (versions[number], entry) if versions[number] == str(number) else (entry, versions[number])
+                log.warning("Duplicate version directories detected. Version %d will be loaded from %s, %s will be "
+                            "ignored.", number, keep, drop)
+                versions[number] = keep
+                continue
+            versions[number] = entry
         return versions
 
     def _aspired(self, model: _Model, on_disk: set[int]) -> set[int]:
@@ -275,10 +323,11 @@ class ModelManager:
             return set(on_disk)
         if choice == "specific":
             wanted = set(int(v) for v in model.policy.specific.versions)
-            missing = wanted - on_disk
-            if missing:
-                log.warning("Version(s) %s of servable %s not found under %s", sorted(missing), model.name,
-                            model.base_path)
+            if not wanted:
+                log.warning("No specific versions requested for servable %s.", model.name)
+            for number in sorted(wanted - on_disk):
+                log.warning("Version %d of servable %s, which was requested to be served as a 'specific' version in "
+                            "the servable's version policy, was not found in the file system", number, model.name)
             return wanted & on_disk
         count = max(1, int(model.policy.latest.num_versions)) if choice == "latest" else 1
         return set(sorted(on_disk, reverse=True)[:count])
@@ -290,19 +339,21 @@ class ModelManager:
             with self._lock:
                 models = list(self._models.values())
             for model in models:
-                on_disk = self._scan(model) if model.in_config else set()
+                on_disk = self._scan(model) if model.in_config else {}
                 if on_disk is None:
                     continue
-                aspired = self._aspired(model, on_disk) if model.in_config else set()
+                aspired = self._aspired(model, set(on_disk)) if model.in_config else set()
                 with self._lock:
                     versions = self._versions.setdefault(model.name, {})
                     for number, record in versions.items():
                         was = record.aspired
                         record.aspired = number in aspired
+                        if record.aspired and record.state in (State.START, State.END):
+                            record.path = os.path.join(model.base_path, on_disk[number])
                         if record.aspired and not was and record.state == State.END:
-                            record.state, record.error, record.path = State.START, None, record.path
+                            record.state, record.error = State.START, None
                     for number in aspired - set(versions):
-                        versions[number] = _Version(model.name, number, os.path.join(model.base_path, str(number)))
+                        versions[number] = _Version(model.name, number, os.path.join(model.base_path, on_disk[number]))
                         log.info("Aspiring version %s", _servable_id(model.name, number))
                 self._act(model.name)
 
@@ -336,12 +387,7 @@ class ModelManager:
             self._lock.notify_all()
         self._on_change(record.name)
 
-    def _load(self, record: _Version) -> None:
-        sid = _servable_id(record.name, record.version)
-        log.info("Approving load for servable version %s", sid)
-        self._set_state(record, State.LOADING)
-        log.info("Loading servable version %s", sid)
-        started = time.monotonic()
+    def _try_load(self, record: _Version, sid: str) -> tuple[Any, ServingError | None]:
         servable = None
         try:
             servable = self._loader(record.path)
@@ -354,13 +400,54 @@ class ModelManager:
                     self._unloader(servable)
                 except Exception:
                     log.exception("Releasing a failed load of %s failed", sid)
+            return None, error
+        return servable, None
+
+    def _load(self, record: _Version) -> None:
+        sid = _servable_id(record.name, record.version)
+        log.info("Approving load for servable version %s", sid)
+        self._set_state(record, State.LOADING)
+        log.info("Loading servable version %s", sid)
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            servable, error = self._try_load(record, sid)
+            if error is None:
+                break
             log.error("Loading servable: %s failed: %s: %s", sid, error.code, error.message)
-            self._set_state(record, State.END, error)
-            return
+            if attempt >= self._max_load_retries or self._stop.is_set():
+                self._set_state(record, State.END, error)
+                return
+            attempt += 1
+            if self._retry_interval > 0 and self._stop.wait(self._retry_interval):
+                self._set_state(record, State.END, error)
+                return
+            if not self._still_aspired(record):
+                log.info("Load retry cancelled for servable %s: it is no longer aspired", sid)
+                self._set_state(record, State.END, error)
+                return
+            log.info("Retrying load on servable version: %s retry: %d", sid, attempt)
         with self._lock:
             record.servable = servable
         self._set_state(record, State.AVAILABLE)
         log.info("Successfully loaded servable version %s (%.1f s)", sid, time.monotonic() - started)
+
+    def _still_aspired(self, record: _Version) -> bool:
+        """Between retries: is the version still in the config, on disk and picked by the policy? (Loads run on the
+        thread that polls, so the retry looks itself; the directory it loads from is refreshed too.)"""
+        with self._lock:
+            model = self._models.get(record.name)
+        if model is None or not model.in_config:
+            record.aspired = False
+            return False
+        on_disk = self._scan(model)
+        if on_disk is None:
+            return record.aspired
+        with self._lock:
+            record.aspired = record.version in self._aspired(model, set(on_disk))
+            if record.aspired:
+                record.path = os.path.join(model.base_path, on_disk[record.version])
+            return record.aspired
 
     def _unload(self, record: _Version) -> None:
         sid = _servable_id(record.name, record.version)

@@ -4,7 +4,10 @@ Routes and messages are those of TF Serving's http_rest_api_handler.cc / http_re
 ``GET /v1/models/{m}[/versions/{v}|/labels/{l}]`` (status), ``GET .../metadata``,
 ``POST /v1/models/{m}[/versions/{v}|/labels/{l}]:(predict|classify|regress)``; anything else under ``/v1/`` is
 ``Malformed request``. Errors are ``{"error": "<message>"}`` with the HTTP status of the gRPC code
-(``glimpse_wire.errors.http_status_for``). The Prometheus page, when enabled, is served on the same port.
+(``glimpse_wire.errors.http_status_for``). The Prometheus page, when enabled, is served on the same port. An
+``OPTIONS`` request (a CORS preflight) is answered 200 when it carries an ``Origin`` of ``http(s)://...`` and 400
+otherwise, as http_server.cc does; with ``--rest_api_enable_cors_support`` every API answer carries TF Serving's
+three ``Access-Control-Allow-*`` headers.
 """
 
 from __future__ import annotations
@@ -47,6 +50,12 @@ _STATUS = re.compile(
 _V1 = re.compile(r"/v1/.*", re.IGNORECASE | re.DOTALL)
 _INT64_MAX = 2**63 - 1
 _JSON = "application/json"
+_ORIGIN = re.compile(r"https?://")
+_CORS_HEADERS = (
+    ("Access-Control-Allow-Origin", "*"),
+    ("Access-Control-Allow-Methods", "POST, GET"),
+    ("Access-Control-Allow-Headers", "Content-Type"),
+)
 
 
 def _print_options() -> dict[str, Any]:
@@ -63,11 +72,13 @@ class RestApp:
         timeout_in_ms: int = 30000,
         metrics_path: str | None = None,
         render_metrics: Callable[[], bytes] | None = None,
+        cors: bool = False,
     ) -> None:
         self.service = service
         self.timeout_in_ms = timeout_in_ms
         self.metrics_path = metrics_path
         self.render_metrics = render_metrics
+        self.cors = cors
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         request = Request(environ)
@@ -81,6 +92,17 @@ class RestApp:
             return Response(self.render_metrics(), status=200, content_type=CONTENT_TYPE)
         if not _V1.fullmatch(path):
             return Response(b"", status=404)
+        response = self._answer(request, method, path)
+        if self.cors:
+            for key, value in _CORS_HEADERS:
+                response.headers[key] = value
+        return response
+
+    def _answer(self, request: Request, method: str, path: str) -> Response:
+        if method == "OPTIONS":
+            if _ORIGIN.search(request.headers.get("Origin", "")):
+                return Response(b"", status=200)
+            return Response(b"", status=http_status_for("FAILED_PRECONDITION"))
         try:
             body = self._route(method, path, request.get_data(cache=False))
         except ServingError as e:

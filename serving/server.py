@@ -21,6 +21,7 @@ from serving.config import (
     load_batching_options,
     load_model_server_config,
     load_monitoring_options,
+    load_ssl_config,
     parse_channel_arguments,
 )
 from serving.grpc_service import GrpcServer
@@ -39,18 +40,18 @@ class ServerStartError(RuntimeError):
 
 
 def session_loader(config: ServerConfig) -> Any:
-    """``path -> SessionModel`` with the session options of the flags."""
-    import tensorflow as tf
-
+    """``path -> servable``: a SessionModel with the session options and tags of the flags, or with
+    --prefer_tflite_model and a ``model.tflite`` in the version directory, a TfLiteModel."""
     from serving.session import SessionModel
+    from serving.tflite import TfLiteModel, has_tflite_model
 
-    session_config = tf.compat.v1.ConfigProto(
-        intra_op_parallelism_threads=config.tensorflow_intra_op_parallelism,
-        inter_op_parallelism_threads=config.tensorflow_inter_op_parallelism,
-    )
+    session_config = config.session_config()
+    tags = config.tags
 
-    def load(path: str) -> SessionModel:
-        return SessionModel(path, session_config=session_config)
+    def load(path: str) -> Any:
+        if config.prefer_tflite_model and has_tflite_model(path):
+            return TfLiteModel(path, num_interpreters=config.num_tflite_pools)
+        return SessionModel(path, session_config=session_config, tags=tags)
 
     return load
 
@@ -70,7 +71,9 @@ class ModelServer:
             self.monitoring = load_monitoring_options(config.monitoring_config_file)
             self.batching = load_batching_options(config.batching_parameters_file) if config.enable_batching else None
             self.channel_arguments = parse_channel_arguments(config.grpc_channel_arguments)
+            self.ssl = load_ssl_config(config.ssl_config_file) if config.ssl_config_file else None
             self._initial_config = config.model_server_config()
+            self._loader = loader or session_loader(config)
         except ConfigError as e:
             raise ServerStartError(str(e)) from e
         self.metrics = Metrics()
@@ -85,17 +88,22 @@ class ModelServer:
         )
         self._parts = _Parts()
         self.manager = ModelManager(
-            loader or session_loader(config),
-            warmup=lambda name, version, servable, path: self.service.warmup(name, version, servable, path),
+            self._loader,
+            warmup=(lambda name, version, servable, path: self.service.warmup(name, version, servable, path))
+            if config.enable_model_warmup else None,
             on_change=self._on_change,
             file_system_poll_wait_seconds=config.file_system_poll_wait_seconds,
             allow_version_labels_for_unavailable_models=config.allow_version_labels_for_unavailable_models,
+            max_num_load_retries=config.max_num_load_retries,
+            load_retry_interval_seconds=config.load_retry_interval_seconds,
         )
         self.service = InferenceService(
             self.manager,
             batcher=self.batcher,
             metrics=self.metrics,
             method_name_check=config.enable_signature_method_name_check,
+            warmup_iterations=config.num_request_iterations_for_warmup,
+            tensor_content=config.enable_serialization_as_tensor_content,
         )
         self._stop_polling = threading.Event()
         self._config_thread: threading.Thread | None = None
@@ -115,18 +123,27 @@ class ModelServer:
         host = self.config.bind_address
         grpc_host = f"[{host}]" if ":" in host and not host.startswith("[") else host
         try:
+            addresses = [f"{grpc_host}:{self.config.port}"] if self.config.port else []
+            if self.config.grpc_socket_path:
+                addresses.append(f"unix:{self.config.grpc_socket_path}")
             self._parts.grpc = GrpcServer(
                 self.service,
-                f"{grpc_host}:{self.config.port}",
+                addresses,
                 max_workers=self.config.grpc_max_threads,
                 channel_arguments=self.channel_arguments,
+                ssl=self.ssl,
+                profiler=self.config.enable_profiler,
             )
-            if self.config.rest_api_port:
+            if self.config.rest_api_port and self.config.rest_api_port == self.config.port:
+                log.error("server_options.http_port cannot be same as grpc_port. Please use a different port for "
+                          "HTTP/REST API. Skipped exporting HTTP/REST API.")
+            elif self.config.rest_api_port:
                 app = RestApp(
                     self.service,
                     timeout_in_ms=self.config.rest_api_timeout_in_ms,
                     metrics_path=self.monitoring.prometheus_path if self.monitoring.prometheus_enabled else None,
                     render_metrics=self.metrics.render,
+                    cors=self.config.rest_api_enable_cors_support,
                 )
                 self._parts.rest = RestServer(app, host, self.config.rest_api_port, self.config.rest_api_num_threads)
         except (OSError, RuntimeError) as e:
@@ -136,11 +153,17 @@ class ModelServer:
             log.warning("Prometheus metrics are served on the REST port; --rest_api_port=0 leaves them unexposed")
         grpc_server = self._parts.grpc
         grpc_server.set_serving("", True)
+        if self.config.enable_grpc_healthcheck_service:
+            for service_name in ("ModelService", "PredictionService"):
+                grpc_server.set_serving(service_name, True)
         for name in self.manager.model_names():
             grpc_server.set_serving(name, self.manager.is_available(name))
         grpc_server.start()
         self.grpc_port = grpc_server.port
-        log.info("Running gRPC ModelServer at %s:%d ...", host, grpc_server.port)
+        if self.config.port:
+            log.info("Running gRPC ModelServer at %s:%d ...", host, grpc_server.port)
+        if self.config.grpc_socket_path:
+            log.info("Running gRPC ModelServer at UNIX socket %s ...", self.config.grpc_socket_path)
         if self._parts.rest is not None:
             self._parts.rest.start()
             self.rest_port = self._parts.rest.port

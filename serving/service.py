@@ -51,7 +51,7 @@ from glimpse_wire.errors import (
 from serving.batching import BatchScheduler
 from serving.manager import ModelManager, ServableHandle
 from serving.monitoring import Metrics
-from serving.tensors import dtype_string, to_ndarray, to_tensor_proto
+from serving.tensors import dtype_string, to_ndarray, to_tensor_content_proto, to_tensor_proto
 
 __all__ = ["InferenceService", "REGRESS_METHOD_NAME", "METADATA_SIGNATURE_DEF", "MAX_WARMUP_RECORDS"]
 
@@ -95,11 +95,15 @@ class InferenceService:
         batcher: BatchScheduler | None = None,
         metrics: Metrics | None = None,
         method_name_check: bool = False,
+        warmup_iterations: int = 1,
+        tensor_content: bool = False,
     ) -> None:
         self.manager = manager
         self.batcher = batcher
         self.metrics = metrics
         self.method_name_check = method_name_check
+        self.warmup_iterations = max(1, warmup_iterations)
+        self.tensor_content = tensor_content
 
     # -- helpers ------------------------------------------------------------------------------------------------
     @contextmanager
@@ -129,12 +133,13 @@ class InferenceService:
         self,
         handle: ServableHandle,
         api: str,
-        signature_name: str,
+        signature_name: str | None,
         inputs: Mapping[str, np.ndarray],
         fetch: Sequence[str],
         deadline: float | None,
         batch: bool = True,
     ) -> dict[str, np.ndarray]:
+        """Run a signature by its aliases, or (``signature_name`` None) feed and fetch tensors by name."""
         servable = handle.servable
 
         def run(feeds: Mapping[str, np.ndarray], until: float | None) -> Mapping[str, np.ndarray]:
@@ -145,7 +150,10 @@ class InferenceService:
                 raise DeadlineExceeded("Deadline Exceeded")
             started = time.perf_counter()
             try:
-                result = servable.run(signature_name, feeds, list(fetch))
+                if signature_name is None:
+                    result = servable.run_tensors(feeds, list(fetch))
+                else:
+                    result = servable.run(signature_name, feeds, list(fetch))
             except tf.errors.OpError as e:
                 raise _tf_error(e) from e
             if self.metrics is not None:
@@ -224,8 +232,13 @@ class InferenceService:
         response.model_spec.signature_name = signature_name
         response.model_spec.version.value = handle.version
         for alias in fetch:
-            response.outputs[alias].CopyFrom(to_tensor_proto(outputs[alias]))
+            response.outputs[alias].CopyFrom(self._output_proto(outputs[alias]))
         return response
+
+    def _output_proto(self, array: np.ndarray) -> Any:
+        """Typed fields (Tensor::AsProtoField), or with --enable_serialization_as_tensor_content the packed bytes
+        (Tensor::AsProtoTensorContent; strings have no packed form and stay in string_val)."""
+        return to_tensor_content_proto(array) if self.tensor_content else to_tensor_proto(array)
 
     # -- Classify / Regress ------------------------------------------------------------------------------------
     def _examples(self, input_message: Any) -> np.ndarray:
@@ -389,9 +402,12 @@ class InferenceService:
             return self._multi_inference(handle, request, deadline)
 
     def _multi_inference(self, handle: ServableHandle, request: Any, deadline: float | None, batch: bool = True) -> Any:
+        """multi_inference.cc: every task's input tensor gets the serialized examples, and one run fetches the union
+        of the tasks' output tensors; each task's result is then read from that run by its own tensor names."""
         model_name = ""
         seen: set[str] = set()
-        fetch: set[str] = set()
+        input_names: set[str] = set()
+        output_names: set[str] = set()
         plans: list[tuple[Any, str, Any]] = []
         for task in request.tasks:
             if not task.model_spec.name:
@@ -409,23 +425,23 @@ class InferenceService:
                 raise InvalidArgument(f"Requested signature not found in model graph: {name}")
             if task.method_name == CLASSIFY_METHOD_NAME:
                 self._check_classification(signature)
-                fetch.update(a for a in (_CLASSIFY_CLASSES, _CLASSIFY_SCORES) if a in signature.outputs)
+                aliases = [a for a in (_CLASSIFY_CLASSES, _CLASSIFY_SCORES) if a in signature.outputs]
             elif task.method_name == REGRESS_METHOD_NAME:
                 self._check_regression(signature)
-                fetch.add(_REGRESS_OUTPUTS)
+                aliases = [_REGRESS_OUTPUTS]
             else:
                 raise Unimplemented(f"Unsupported signature method_name: {task.method_name}")
-            if plans and plans[0][2].inputs[_CLASSIFY_INPUTS].name != signature.inputs[_CLASSIFY_INPUTS].name:
-                raise InvalidArgument("Input tensor must be the same for all Signatures.")
+            input_names.add(signature.inputs[_CLASSIFY_INPUTS].name)
+            output_names.update(signature.outputs[a].name for a in aliases)
             plans.append((task, name, signature))
         examples = self._examples(request.input)
         self._record_examples(model_name, len(examples))
+        feeds = {tensor: examples for tensor in sorted(input_names)}
+        by_tensor = self._run(handle, "MultiInference", None, feeds, sorted(output_names), deadline, batch)
         response = inference_pb2.MultiInferenceResponse()
-        # One run per signature (TF Serving makes one run over the union of the signatures' output tensors; the
-        # results are the same, and each signature here is run through its own aliases).
-        for task, name, signature in plans:
-            wanted = sorted(a for a in fetch if a in signature.outputs)
-            outputs = self._run(handle, "MultiInference", name, {_CLASSIFY_INPUTS: examples}, wanted, deadline, batch)
+        for task, _name, signature in plans:
+            outputs = {alias: by_tensor[info.name] for alias, info in signature.outputs.items()
+                       if info.name in by_tensor}
             result = response.results.add()
             if task.method_name == CLASSIFY_METHOD_NAME:
                 result.classification_result.CopyFrom(self._classification_result(signature, len(examples), outputs))
@@ -525,7 +541,8 @@ class InferenceService:
                     entry.ParseFromString(record)
                 except Exception as e:
                     raise InvalidArgument(f"Failed to parse warmup record: {record!r} from {warmup_path}") from e
-                self._replay(handle, entry)
+                for _ in range(self.warmup_iterations):
+                    self._replay(handle, entry)
                 count += 1
                 if count > MAX_WARMUP_RECORDS:
                     raise InvalidArgument(

@@ -38,14 +38,20 @@ class SessionModel:
     ``Session::Run``, the graph itself decides what it accepts.
     """
 
-    def __init__(self, export_dir: str | Path, *, session_config: Any | None = None) -> None:
+    def __init__(
+        self, export_dir: str | Path, *, session_config: Any | None = None, tags: Sequence[str] = (SERVE_TAG,)
+    ) -> None:
         self.export_dir = Path(export_dir)
         self.graph = tf.Graph()
         self.session = tf.compat.v1.Session(graph=self.graph, config=session_config)
-        with self.graph.as_default():
-            meta_graph = tf.compat.v1.saved_model.loader.load(self.session, [SERVE_TAG], str(self.export_dir))
+        try:
+            with self.graph.as_default():
+                meta_graph = tf.compat.v1.saved_model.loader.load(self.session, list(tags), str(self.export_dir))
+        except BaseException:
+            self.session.close()
+            raise
         self.signature_defs: Mapping[str, Any] = dict(meta_graph.signature_def)
-        self._prepared: dict[tuple[str, tuple[str, ...], tuple[str, ...]], _Prepared] = {}
+        self._prepared: dict[tuple[str | None, tuple[str, ...], tuple[str, ...]], _Prepared] = {}
         self._lock = threading.Lock()
 
     def signature(self, name: str | None = None) -> Any:
@@ -87,6 +93,25 @@ class SessionModel:
         fetch_aliases = tuple(output_filter) if output_filter else tuple(sorted(sig.outputs))
         prepared = self._prepare(name, feed_aliases, fetch_aliases)
         values = prepared.call(*[np.asarray(inputs[a]) for a in feed_aliases])
+        return dict(zip(prepared.fetch_aliases, values, strict=True))
+
+    def _prepare_tensors(self, feeds: tuple[str, ...], fetches: tuple[str, ...]) -> _Prepared:
+        key = (None, feeds, fetches)
+        prepared = self._prepared.get(key)
+        if prepared is None:
+            with self._lock:
+                prepared = self._prepared.get(key)
+                if prepared is None:
+                    options = config_pb2.CallableOptions(feed=list(feeds), fetch=list(fetches))
+                    prepared = _Prepared(self.session._make_callable_from_options(options), fetches)
+                    self._prepared[key] = prepared
+        return prepared
+
+    def run_tensors(self, feeds: Mapping[str, np.ndarray], fetches: Sequence[str]) -> dict[str, np.ndarray]:
+        """One ``Session::Run`` by tensor names (MultiInference feeds one tensor to several inputs this way)."""
+        names = tuple(sorted(feeds))
+        prepared = self._prepare_tensors(names, tuple(fetches))
+        values = prepared.call(*[np.asarray(feeds[n]) for n in names])
         return dict(zip(prepared.fetch_aliases, values, strict=True))
 
     def close(self) -> None:

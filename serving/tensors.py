@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
-__all__ = ["dtype_string", "to_ndarray", "to_tensor_proto"]
+__all__ = ["dtype_string", "to_ndarray", "to_tensor_proto", "to_tensor_content_proto"]
 
 # numpy dtype -> (DataType enum, typed field name)
 _FIELDS: dict[np.dtype, tuple[int, str]] = {
@@ -91,3 +91,16 @@ def _varint(n: int) -> bytes:
         out.append(byte | (0x80 if n else 0))
         if not n:
             return bytes(out)
+
+
+def to_tensor_content_proto(array: Any) -> tensor_pb2.TensorProto:
+    """A numpy array as a TensorProto with its values packed in ``tensor_content``, like
+    ``Tensor::AsProtoTensorContent`` (--enable_serialization_as_tensor_content); strings have no packed form and are
+    written to ``string_val`` as ``to_tensor_proto`` writes them."""
+    arr = np.asarray(array)
+    if arr.dtype.kind in ("O", "S", "U"):
+        return to_tensor_proto(arr)
+    proto = tensor_pb2.TensorProto(tensor_shape=_shape_proto(arr.shape),
+                                   dtype=tf.as_dtype(arr.dtype).as_datatype_enum)
+    proto.tensor_content = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
+    return proto

@@ -16,7 +16,7 @@ import pytest
 from tensorflow_serving.config import model_server_config_pb2
 
 from glimpse_wire.errors import FailedPrecondition, InvalidArgument, NotFound, ServingError, Unknown
-from serving.manager import ModelManager, State, validate_model_server_config
+from serving.manager import ModelManager, State, parse_version_dir, validate_model_server_config
 
 
 class FakeServable:
@@ -268,3 +268,96 @@ def test_config_validation(text: str, message: str) -> None:
     with pytest.raises(InvalidArgument) as err:
         validate_model_server_config(config)
     assert err.value.message == message
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("123", 123), ("00000123", 123), ("0", 0), ("+7", 7), (" 12 ", 12), ("1a", None), ("-3", None), ("", None),
+     (".tmp-4", None), ("1.5", None), (str(2**63), None), (str(2**63 - 1), 2**63 - 1)],
+)
+def test_version_directory_names_parse_like_simple_atoi(name: str, expected: int | None) -> None:
+    assert parse_version_dir(name) == expected
+
+
+def test_zero_padded_versions_load_from_their_own_directories(tmp_path: Path) -> None:
+    make_versions(tmp_path, "00000123", "00000124", "7")
+    loader = Loader()
+    manager = manager_for(loader)
+    manager.reload_config(config_for(tmp_path, policy="all {}"))
+    assert states(manager) == {124: State.AVAILABLE, 123: State.AVAILABLE, 7: State.AVAILABLE}
+    with manager.handle("m") as handle:
+        assert handle.version == 124 and Path(handle.servable.path).name == "00000124"
+    with manager.handle("m", 123) as handle:
+        assert Path(handle.servable.path).name == "00000123"
+    assert sorted(loader.events) == ["load 00000123", "load 00000124", "load 7"]
+    # A version whose directory is renamed while it is not loaded loads from its new name on the next try.
+    manager.reload_config(config_for(tmp_path, policy="specific { versions: 7 }"))
+    assert states(manager)[123] == State.END
+    (tmp_path / "00000123").rename(tmp_path / "123")
+    manager.reload_config(config_for(tmp_path, policy="specific { versions: 123 }"))
+    with manager.handle("m", 123) as handle:
+        assert Path(handle.servable.path).name == "123"
+
+
+def test_duplicate_version_directories_prefer_the_canonical_name(tmp_path: Path) -> None:
+    make_versions(tmp_path, "0005", "5", "005")
+    loader = Loader()
+    manager_for(loader).reload_config(config_for(tmp_path))
+    assert loader.events == ["load 5"]
+
+
+class FlakyLoader(Loader):
+    """Fails the first ``failures`` loads of each version (files still arriving), then loads."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+        self.tries: dict[str, int] = {}
+
+    def load(self, path: str) -> FakeServable:
+        version = Path(path).name
+        self.tries[version] = self.tries.get(version, 0) + 1
+        if self.tries[version] <= self.failures:
+            raise OSError(f"SavedModel file does not exist at: {path}")
+        return super().load(path)
+
+
+def test_a_failed_load_is_retried_and_stays_loading_meanwhile(tmp_path: Path) -> None:
+    make_versions(tmp_path, "0001")
+    loader = FlakyLoader(failures=2)
+    manager = manager_for(loader, max_num_load_retries=5, load_retry_interval_seconds=0.2)
+    seen: list[State] = []
+    thread = threading.Thread(target=manager.reload_config, args=(config_for(tmp_path),))
+    thread.start()
+    while thread.is_alive():
+        seen.extend(states(manager).values())
+        time.sleep(0.02)
+    thread.join()
+    assert states(manager) == {1: State.AVAILABLE}
+    assert loader.tries == {"0001": 3}
+    assert State.LOADING in seen and State.END not in seen
+
+
+def test_retries_give_up_after_max_num_load_retries(tmp_path: Path) -> None:
+    make_versions(tmp_path, 1)
+    loader = FlakyLoader(failures=10)
+    manager = manager_for(loader, max_num_load_retries=2, load_retry_interval_seconds=0.0)
+    with fails(Unknown, r"1 model\(s\) did not become available.*SavedModel file does not exist"):
+        manager.reload_config(config_for(tmp_path))
+    assert loader.tries == {"1": 3}
+    assert states(manager) == {1: State.END}
+
+
+def test_retries_stop_when_the_version_is_no_longer_aspired(tmp_path: Path) -> None:
+    make_versions(tmp_path, 1, 2)
+    loader = FlakyLoader(failures=1)
+    manager = manager_for(loader, max_num_load_retries=5, load_retry_interval_seconds=0.3)
+    thread = threading.Thread(target=manager.reload_config, args=(config_for(tmp_path),))
+    thread.start()
+    assert manager.wait_for_state("m", 2, {State.LOADING}, 5)
+    (tmp_path / "2").rmdir()  # gone before the retry: version 1 becomes the latest
+    thread.join(10)
+    assert states(manager)[2] == State.END
+    assert loader.tries["2"] == 1
+    manager.poll()
+    assert states(manager)[1] == State.AVAILABLE

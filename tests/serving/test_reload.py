@@ -29,13 +29,14 @@ END = get_model_status_pb2.ModelVersionStatus.END
 
 @pytest.fixture(scope="module")
 def polled(tmp_path_factory: pytest.TempPathFactory, export_dir: Path) -> Iterator[tuple[ServerProcess, Path]]:
-    """Model "hot" with version 1, its base path polled every second (latest-1 policy)."""
+    """Model "hot" with version 1, its base path polled every second (latest-1 policy); a failed load is not
+    retried (TF Serving's default retries five times, a minute apart)."""
     root = tmp_path_factory.mktemp("polled")
     base = root / "hot"
     base.mkdir()
     add_version(base, export_dir, 1)
-    server = ServerProcess(["--model_name=hot", f"--model_base_path={base}", "--file_system_poll_wait_seconds=1"],
-                           log_path=root / "server.log")
+    server = ServerProcess(["--model_name=hot", f"--model_base_path={base}", "--file_system_poll_wait_seconds=1",
+                            "--max_num_load_retries=0"], log_path=root / "server.log")
     try:
         server.start()
         yield server, base
