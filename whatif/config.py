@@ -174,12 +174,16 @@ def local_label_vocab(
     base = examples_dir.parent
     if model_name is not None and base.name != model_name:
         return None
+    # Version directories as TF Serving reads them: the name parsed as an integer (00000123 is version 123), the
+    # directory kept as it was found.
+    dirs = {int(p.name): p for p in base.iterdir() if p.is_dir() and p.name.isascii() and p.name.isdigit()}
+    if not dirs:
+        return None
     if version is None:
-        versions = [int(p.name) for p in base.iterdir() if p.is_dir() and p.name.isascii() and p.name.isdigit()]
-        if not versions:
-            return None
-        version = max(versions)
-    labels_path = base / str(version) / LABELS_ASSET
+        version = max(dirs)
+    if version not in dirs:
+        return None
+    labels_path = dirs[version] / LABELS_ASSET
     if not labels_path.is_file():
         return None
     labels = [line.strip() for line in labels_path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -197,3 +197,17 @@ def test_load_examples_needs_the_image_feature(witwidget_loaded: None, tmp_path:
         load_examples(path)
     with pytest.raises(WitConfigError, match="max_examples"):
         load_examples(path, 0)
+
+
+def test_local_labels_are_read_from_a_zero_padded_version_directory(tmp_path: Path) -> None:
+    base = tmp_path / "flowers"
+    (base / "examples").mkdir(parents=True)
+    (base / "examples" / "test.tfrecord").write_bytes(b"")
+    for name, labels in (("00000007", "daisy\nrose\n"), ("3", "old\n")):
+        (base / name / "assets").mkdir(parents=True)
+        (base / name / "assets" / "labels.txt").write_text(labels)
+    examples = base / "examples" / "test.tfrecord"
+    assert local_label_vocab(examples, None) == (["daisy", "rose"], base / "00000007" / "assets" / "labels.txt")
+    assert local_label_vocab(examples, 7, "flowers")[0] == ["daisy", "rose"]
+    assert local_label_vocab(examples, 3)[0] == ["old"]
+    assert local_label_vocab(examples, 5) is None
