@@ -248,6 +248,8 @@ def config_from_args(args: argparse.Namespace) -> UpConfig:
         default_model = args.default_model or model_name
     else:
         raise UpError("give --model_base_path (one model) or --model_config_file (several)")
+    if args.batching_parameters_file and not args.enable_batching:
+        raise UpError("--batching_parameters_file needs --enable_batching (tensorflow_model_server refuses it alone)")
     for flag, value in (("--batching_parameters_file", args.batching_parameters_file),
                         ("--monitoring_config_file", args.monitoring_config_file)):
         if value and not Path(value).is_file():
