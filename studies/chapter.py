@@ -13,6 +13,12 @@ applied on the fly, seeded. ``data-per-class`` draws nested subsets of the train
 the 3-image set, ...). ``aspect-ratio`` trains once and evaluates the original test images after three ways of
 making them square (pad, stretch, centre crop), by aspect-ratio bin.
 
+A study can be fanned out over machines: ``--shard I/N`` trains only its share of the runs (variants I, I+N, ...;
+for ``aspect-ratio`` the seeds) and writes ``OUT/shards/shard-I-of-N.json``; ``--merge DIR`` reads the N shard files
+of DIR and writes the same results.csv / results.md / history.json / PNG plots as one process would (the runs are
+seeded one by one, so a run's numbers do not depend on which process trained it). ``k8s/studies/`` runs the shards
+as an indexed Job.
+
 The studies run smaller than ``glimpse train``: pretrained backbones at ``STUDY_IMAGE_SIZE`` (128 px) unless
 ``--image-size`` says otherwise, and ``--quick`` at ``QUICK_IMAGE_SIZE`` (32 px), one epoch, 48 examples per split.
 
@@ -81,10 +87,13 @@ __all__ = [
     "execute_study",
     "fit_classifier",
     "make_augmenter",
+    "merge_shards",
+    "parse_shard",
     "normalized",
     "prepare_data",
     "quick_params",
     "run_study",
+    "shard_path",
     "square_image",
     "user_errors",
     "write_results",
@@ -314,6 +323,7 @@ class StudyConfig:
     verbose: int | str = "auto"  # Keras' per-run progress: 0, 1, 2 or "auto"
     progress: bool = True  # tqdm over the whole study
     seeds: tuple[int, ...] | None = None  # aspect-ratio: pool the test splits of these seeds (None = base.seed)
+    shard: tuple[int, int] | None = None  # (I, N): run only shard I of N and write its shard file, not the results
 
     def __post_init__(self) -> None:
         if self.study not in STUDIES:
@@ -332,6 +342,10 @@ class StudyConfig:
                 raise StudyError(f"--seeds pools test splits and is for aspect-ratio only, not {self.study!r}")
             if not self.seeds or len(set(self.seeds)) != len(self.seeds):
                 raise StudyError(f"--seeds needs distinct seeds, got {list(self.seeds)}")
+        if self.shard is not None:
+            index, count = self.shard
+            if not (isinstance(index, int) and isinstance(count, int) and 0 <= index < count):
+                raise StudyError(f"--shard must be I/N with 0 <= I < N, got {index}/{count}")
 
     @property
     def spec(self) -> StudySpec:
@@ -778,10 +792,11 @@ def _execute_study(config: StudyConfig) -> StudyResult:
     out = Path(config.out)
     tb_dir = out / "tb"
     out.mkdir(parents=True, exist_ok=True)
-    varies = sorted({k for v in variants for k in v.overrides} | {"per_class" for v in variants if v.per_class})
-    _write_hparams_config(tb_dir, varies or list(hparams_of(config.base, per_class=None)))
+    if config.shard is None or config.shard[0] == 0:  # one hparams config per study, also when sharded
+        varies = sorted({k for v in variants for k in v.overrides} | {"per_class" for v in variants if v.per_class})
+        _write_hparams_config(tb_dir, varies or list(hparams_of(config.base, per_class=None)))
 
-    start = time.perf_counter()
+    started_at, start = time.time(), time.perf_counter()
     cache: dict[tuple[Any, ...], StudyData] = {}
 
     def data_for(p: TrainConfig) -> StudyData:
@@ -793,45 +808,39 @@ def _execute_study(config: StudyConfig) -> StudyResult:
 
     runs: list[RunResult] = []
     trainings: list[RunResult] = []
-    aspect_rows: list[dict[str, Any]] = []
-    bar = _progress(len(variants), f"study {spec.name}", config.progress)
+    outcomes: list[AspectOutcomes] = []
+    seeds = list(config.seeds or (config.base.seed,))
+    # A shard's share: every N-th unit of work, from its index (the seeds of aspect-ratio, else the variants).
+    index, count = config.shard or (0, 1)
+    if spec.trains_once:
+        seeds = seeds[index::count]
+        todo: list[Variant] = []
+    else:
+        todo = variants[index::count]
+    bar = _progress(len(seeds) if spec.trains_once else len(todo), f"study {spec.name}", config.progress)
     try:
         if spec.trains_once:
             modes = [v.name for v in variants]
-            pooled: AspectOutcomes | None = None
-            for seed in config.seeds or (config.base.seed,):
+            for seed in seeds:
                 params = replace(config.base, seed=seed)
                 bar.set_postfix_str(f"training seed {seed}")
                 data = data_for(params)
                 model, _, trained = fit_classifier(
                     params, data, log_dir=tb_dir / f"seed-{seed}", verbose=config.verbose, variant=f"seed {seed}"
                 )
-                outcomes = aspect_outcomes(
-                    model,
-                    data.splits.test_records(),
-                    image_size=params.size,
-                    channels=int(model.input_shape[-1]),
-                    modes=modes,
-                )
-                pooled = outcomes if pooled is None else pooled.pooled(outcomes)
-                trainings.append(trained)
-            assert pooled is not None
-            aspect_rows = pooled.rows()
-            overall = pooled.overall()
-            first = trainings[0]
-            for v in variants:
-                runs.append(
-                    replace(
-                        first,
-                        variant=v.name,
-                        val_accuracy=float(np.mean([t.val_accuracy for t in trainings])),
-                        test_accuracy=overall[v.name],
-                        wall_seconds=sum(t.wall_seconds for t in trainings),
+                outcomes.append(
+                    aspect_outcomes(
+                        model,
+                        data.splits.test_records(),
+                        image_size=params.size,
+                        channels=int(model.input_shape[-1]),
+                        modes=modes,
                     )
                 )
+                trainings.append(trained)
                 bar.update(1)
         else:
-            for v in variants:
+            for v in todo:
                 bar.set_postfix_str(v.name)
                 params = v.apply(config.base)
                 run_dir = tb_dir / _safe_name(v.name)
@@ -851,7 +860,194 @@ def _execute_study(config: StudyConfig) -> StudyResult:
                 )
     finally:
         bar.close()
-    result = StudyResult(config, tuple(runs), time.perf_counter() - start, tuple(aspect_rows), tuple(trainings))
+    wall = time.perf_counter() - start
+    if config.shard is not None:
+        shard = {
+            "format": _SHARD_FORMAT,
+            "study": _study_json(config),
+            "shard": {"index": index, "count": count},
+            "started_at": started_at,
+            "finished_at": started_at + wall,
+            "wall_seconds": wall,
+            "runs": [_run_json(r) for r in runs],
+            "trainings": [
+                {"seed": seed, "run": _run_json(run), "aspects": o.aspects.tolist(),
+                 "correct": {m: c.astype(bool).tolist() for m, c in o.correct.items()}}
+                for seed, run, o in zip(seeds if spec.trains_once else [], trainings, outcomes, strict=True)
+            ],
+        }
+        path = shard_path(out, index, count)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")
+        partial.write_text(json.dumps(shard, indent=1))
+        partial.replace(path)  # whole or absent: the merge (and k8s' wait for N files) never sees half a file
+        return StudyResult(config, tuple(runs), wall, trainings=tuple(trainings), files=(path,))
+    result = _study_result(config, variants, runs, trainings, outcomes, wall)
+    files = write_results(result)
+    return replace(result, files=tuple(files))
+
+
+def _study_result(
+    config: StudyConfig,
+    variants: Sequence[Variant],
+    runs: Sequence[RunResult],
+    trainings: Sequence[RunResult],
+    outcomes: Sequence[AspectOutcomes],
+    wall_seconds: float,
+) -> StudyResult:
+    """The study's result from its runs (aspect-ratio: from the trainings and their outcomes, pooled in order)."""
+    if not config.spec.trains_once:
+        return StudyResult(config, tuple(runs), wall_seconds)
+    if not trainings:
+        raise StudyError("aspect-ratio has no trained model to evaluate")
+    pooled = outcomes[0]
+    for more in outcomes[1:]:
+        pooled = pooled.pooled(more)
+    overall = pooled.overall()
+    first = trainings[0]
+    aspect_runs = [
+        replace(
+            first,
+            variant=v.name,
+            val_accuracy=float(np.mean([t.val_accuracy for t in trainings])),
+            test_accuracy=overall[v.name],
+            wall_seconds=sum(t.wall_seconds for t in trainings),
+        )
+        for v in variants
+    ]
+    return StudyResult(config, tuple(aspect_runs), wall_seconds, tuple(pooled.rows()), tuple(trainings))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Shards: one study over several processes or machines
+
+_SHARD_FORMAT = "glimpse-study-shard/1"
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``I/N`` (shard I of N, 0 <= I < N) as (I, N); StudyError otherwise."""
+    left, sep, right = str(text).strip().partition("/")
+    try:
+        if not sep:
+            raise ValueError
+        index, count = int(left), int(right)
+    except ValueError:
+        raise StudyError(f"--shard must be I/N (shard I of N, counted from 0), got {text!r}") from None
+    if not 0 <= index < count:
+        raise StudyError(f"--shard must be I/N with 0 <= I < N, got {text!r}")
+    return index, count
+
+
+def shard_path(out: Path, index: int, count: int) -> Path:
+    """Where shard ``index`` of ``count`` writes its runs under a study's directory."""
+    return Path(out) / "shards" / f"shard-{index}-of-{count}.json"
+
+
+def _study_json(config: StudyConfig) -> dict[str, Any]:
+    """What every shard of one study shares (the merge checks it is the same in all of them)."""
+    return {
+        "name": config.study,
+        "base": asdict(config.base),
+        "quick": config.quick,
+        "variants": list(config.variants) if config.variants is not None else None,
+        "seeds": list(config.seeds) if config.seeds is not None else None,
+        "deterministic": config.deterministic,
+    }
+
+
+def _run_json(run: RunResult) -> dict[str, Any]:
+    return {
+        "variant": run.variant,
+        "params": asdict(run.params),
+        "history": run.history,
+        "val_accuracy": run.val_accuracy,
+        "test_accuracy": run.test_accuracy,
+        "epoch_seconds": list(run.epoch_seconds),
+        "wall_seconds": run.wall_seconds,
+        "train_examples": run.train_examples,
+        "per_class": run.per_class,
+    }
+
+
+def _run_from_json(data: Mapping[str, Any]) -> RunResult:
+    return RunResult(
+        variant=str(data["variant"]),
+        params=TrainConfig(**data["params"]),
+        history={k: [float(x) for x in v] for k, v in data["history"].items()},
+        val_accuracy=float(data["val_accuracy"]),
+        test_accuracy=float(data["test_accuracy"]),
+        epoch_seconds=tuple(float(x) for x in data["epoch_seconds"]),
+        wall_seconds=float(data["wall_seconds"]),
+        train_examples=int(data["train_examples"]),
+        per_class=None if data["per_class"] is None else int(data["per_class"]),
+    )
+
+
+def _read_shards(directory: Path) -> list[dict[str, Any]]:
+    paths = sorted((Path(directory) / "shards").glob("shard-*-of-*.json"))
+    if not paths:
+        raise StudyError(f"no shard files (shards/shard-I-of-N.json) under {directory}")
+    shards = []
+    for path in paths:
+        try:
+            data = json.loads(path.read_text())
+        except ValueError as e:
+            raise StudyError(f"{path} is not a shard file: {e}") from e
+        if not isinstance(data, dict) or data.get("format") != _SHARD_FORMAT:
+            raise StudyError(f"{path} is not a shard file of this version ({_SHARD_FORMAT})")
+        shards.append(data)
+    counts = {s["shard"]["count"] for s in shards}
+    if len(counts) != 1:
+        raise StudyError(f"shard files of different splits under {directory}: N = {sorted(counts)}")
+    (count,) = counts
+    indices = sorted(s["shard"]["index"] for s in shards)
+    if indices != list(range(count)):
+        missing = sorted(set(range(count)) - set(indices))
+        raise StudyError(f"{directory} holds shards {indices} of {count}; missing {missing}")
+    if any(s["study"] != shards[0]["study"] for s in shards):
+        raise StudyError(f"the shard files under {directory} are not of the same study and settings")
+    return sorted(shards, key=lambda s: s["shard"]["index"])
+
+
+def merge_shards(directory: Path, out: Path | None = None, *, study: str | None = None) -> StudyResult:
+    """Read the N shard files of ``directory`` and write the study's results (to ``out``, default ``directory``):
+    the same results.csv, results.md, history.json and plots as ``execute_study`` in one process. ``study``, if
+    given, must be the shards' study."""
+    shards = _read_shards(directory)
+    described = shards[0]["study"]
+    if study is not None and described["name"] != study:
+        raise StudyError(f"the shards under {directory} are of study {described['name']!r}, not {study!r}")
+    config = StudyConfig(
+        study=described["name"],
+        base=TrainConfig(**described["base"]),
+        out=Path(out) if out is not None else Path(directory),
+        quick=bool(described["quick"]),
+        variants=tuple(described["variants"]) if described["variants"] is not None else None,
+        seeds=tuple(described["seeds"]) if described["seeds"] is not None else None,
+        deterministic=bool(described["deterministic"]),
+    )
+    spec = config.spec
+    variants = spec.variants(config.quick, config.variants)
+    wall = max(s["finished_at"] for s in shards) - min(s["started_at"] for s in shards)
+    if spec.trains_once:
+        by_seed = {t["seed"]: t for s in shards for t in s["trainings"]}
+        seeds = list(config.seeds or (config.base.seed,))
+        if sorted(by_seed) != sorted(seeds) or sum(len(s["trainings"]) for s in shards) != len(seeds):
+            raise StudyError(f"the shards trained seeds {sorted(by_seed)}, the study needs each of {seeds} once")
+        trainings = [_run_from_json(by_seed[seed]["run"]) for seed in seeds]
+        outcomes = [
+            AspectOutcomes(np.asarray(by_seed[seed]["aspects"], dtype=np.float64),
+                           {m: np.asarray(c, dtype=bool) for m, c in by_seed[seed]["correct"].items()})
+            for seed in seeds
+        ]
+        result = _study_result(config, variants, [], trainings, outcomes, wall)
+    else:
+        by_variant = {r["variant"]: r for s in shards for r in s["runs"]}
+        names = [v.name for v in variants]
+        if sorted(by_variant) != sorted(names) or sum(len(s["runs"]) for s in shards) != len(names):
+            raise StudyError(f"the shards ran variants {sorted(by_variant)}, the study needs each of {names} once")
+        runs = [_run_from_json(by_variant[name]) for name in names]
+        result = _study_result(config, variants, runs, [], [], wall)
     files = write_results(result)
     return replace(result, files=tuple(files))
 
@@ -1133,6 +1329,22 @@ def configure_study(p: argparse.ArgumentParser) -> None:
         help="skip tf.config.experimental.enable_op_determinism (faster on some ops)",
     )
     p.add_argument("--verbose", choices=("auto", "0", "1", "2"), default="auto", help="Keras' per-run progress")
+    fan_out = p.add_mutually_exclusive_group()
+    fan_out.add_argument(
+        "--shard",
+        default=None,
+        metavar="I/N",
+        help="run only shard I of N (counted from 0: every N-th run from the I-th) and write OUT/shards/"
+        "shard-I-of-N.json; merge the N shards with --merge",
+    )
+    fan_out.add_argument(
+        "--merge",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="train nothing: merge the shard files of DIR (written by --shard) into the study's results, in --out "
+        "(default DIR)",
+    )
 
 
 def _int_list(text: str, flag: str) -> tuple[int, ...]:
@@ -1174,6 +1386,7 @@ def _config_from_args(args: argparse.Namespace) -> StudyConfig:
         seeds=seeds,
         deterministic=not args.no_determinism,
         verbose=args.verbose if args.verbose == "auto" else int(args.verbose),
+        shard=parse_shard(args.shard) if getattr(args, "shard", None) else None,
     )
 
 
@@ -1184,6 +1397,13 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 def run_study(args: argparse.Namespace) -> int:
     """``glimpse study NAME ...``: 0 on success, 2 with a one-line message on bad input."""
+    if getattr(args, "merge", None) is not None:
+        try:
+            result = merge_shards(args.merge, args.out, study=args.name)
+        except user_errors() as e:
+            print(f"glimpse study: {e}", file=sys.stderr)
+            return 2
+        return _report(result)
     try:
         config = _config_from_args(args)
     except ValueError as e:  # StudyError, or a TrainConfig value out of range
@@ -1194,6 +1414,18 @@ def run_study(args: argparse.Namespace) -> int:
     except user_errors() as e:
         print(f"glimpse study: {e}", file=sys.stderr)
         return 2
+    if config.shard is not None:
+        index, count = config.shard
+        print(
+            f"study {config.study} shard {index}/{count}: {len(result.runs or result.trainings)} runs in "
+            f"{result.wall_seconds:.0f} s; wrote {result.files[0]}"
+        )
+        return 0
+    return _report(result)
+
+
+def _report(result: StudyResult) -> int:
+    config = result.config
     best = max(result.runs, key=lambda r: r.test_accuracy)
     print(
         f"study {config.study}: {len(result.runs)} runs in {result.wall_seconds:.0f} s; best {best.variant} "

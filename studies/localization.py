@@ -52,12 +52,14 @@ __all__ = [
     "load_cutouts",
     "split_photos",
     "BackgroundFn",
+    "paste_cutout",
     "make_localization_set",
     "build_localizer",
     "build_lite0_localizer",
     "BACKBONES",
     "train_localizer",
     "cached_localizer",
+    "peak_positions",
     "pointing_game",
     "ranking_map",
     "deletion_curves",
@@ -204,7 +206,7 @@ def split_photos(
     return train, test
 
 
-def _compose(
+def paste_cutout(
     photo: np.ndarray,
     size: int,
     rng: np.random.Generator,
@@ -259,7 +261,7 @@ def make_localization_set(
         order = rng.permutation(len(pool))
         for k in range(per_class):
             background = None if backgrounds is None else backgrounds(label, k)
-            image, box = _compose(pool[order[k % len(pool)]], image_size, rng, scale, background)
+            image, box = paste_cutout(pool[order[k % len(pool)]], image_size, rng, scale, background)
             images.append(image)
             labels.append(label)
             boxes.append(box)
@@ -384,12 +386,22 @@ def cached_localizer(config: LocalizationConfig) -> tuple[keras.Model, Localizat
 
 
 def pointing_game(maps: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """Per image, whether the map's peak lies inside the box.
+    """Per image, whether the map's peak (:func:`peak_positions`) lies inside the box.
 
-    maps [N,H,W]; boxes [N,4] (top, left, bottom, right), bottom/right exclusive. Returns bool [N]. A coarse map
-    upsampled bilinearly has a plateau where its maximum cell touches the border (the resize clamps there, so the
-    cell's value runs from its centre out to the edge); the peak is the plateau pixel farthest from the border,
-    i.e. that cell's centre, not the first maximum in row-major order (which would favour the top-left border).
+    maps [N,H,W]; boxes [N,4] (top, left, bottom, right), bottom/right exclusive. Returns bool [N].
+    """
+    y, x = peak_positions(maps)
+    top, left, bottom, right = np.asarray(boxes).T
+    return (y >= top) & (y < bottom) & (x >= left) & (x < right)
+
+
+def peak_positions(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per image, the (row, column) of the map's peak: int arrays [N], [N] for maps [N,H,W].
+
+    A coarse map upsampled bilinearly has a plateau where its maximum cell touches the border (the resize clamps
+    there, so the cell's value runs from its centre out to the edge); the peak is the plateau pixel farthest from the
+    border, i.e. that cell's centre, not the first maximum in row-major order (which would favour the top-left
+    border).
     """
     maps = np.asarray(maps, np.float64)
     n, height, width = maps.shape
@@ -400,9 +412,7 @@ def pointing_game(maps: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     ys, xs = np.divmod(np.arange(height * width), width)
     inset = np.minimum(np.minimum(ys, height - 1 - ys), np.minimum(xs, width - 1 - xs))
     peak = np.where(plateau, inset[None, :], -1).argmax(axis=1)
-    y, x = peak // width, peak % width
-    top, left, bottom, right = np.asarray(boxes).T
-    return (y >= top) & (y < bottom) & (x >= left) & (x < right)
+    return peak // width, peak % width
 
 
 def ranking_map(method: str, result: dict[str, Any]) -> np.ndarray:

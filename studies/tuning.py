@@ -11,6 +11,14 @@ base run); each Keras Tuner trial is a ``dataclasses.replace`` of it with the se
 ``best_hyperparameters.json`` and every trial to ``trials.csv`` / ``trials.md``. ``--time-limit S`` stops starting
 trials (and epochs) once S seconds of search have passed.
 
+Keras Tuner searches can be distributed over processes or machines with keras-tuner's own mode, read from its
+environment variables: ``KERASTUNER_TUNER_ID=chief`` makes this process the chief, whose oracle serves trials over
+gRPC on ``KERASTUNER_ORACLE_IP:KERASTUNER_ORACLE_PORT`` until every worker has been told the search is over, and
+then evaluates, exports and reports the best trial as a single process does; any other tuner id makes a worker, which
+takes trials from the chief at that address, trains them and reports their metrics (its trials' checkpoints go to the
+shared ``--out``, from which the chief reloads the best one) and writes ``OUT/workers/<tuner id>.json``.
+``k8s/tuning/`` runs a chief and an indexed Job of workers.
+
 TensorFlow, Keras, keras-tuner and AutoKeras are imported inside functions: ``configure_tune`` stays light.
 """
 
@@ -21,6 +29,7 @@ import contextlib
 import csv
 import json
 import math
+import os
 import sys
 import time
 import warnings
@@ -49,14 +58,17 @@ from training.models import PRETRAINED_MODELS
 
 __all__ = [
     "AUTOKERAS_TRIAL_COLUMNS",
+    "ORACLE_ENV",
     "SEARCH_OPTIMIZERS",
     "TRIAL_COLUMNS",
     "TUNERS",
+    "DistributedTuning",
     "TuneConfig",
     "TuneResult",
     "autokeras_contract_model",
     "configure_tune",
     "define_search_space",
+    "distributed_tuning",
     "execute_tune",
     "offline_autokeras_values",
     "run_tune",
@@ -115,6 +127,47 @@ AUTOKERAS_PROJECT = "autokeras"
 AUTOKERAS_PREPROCESSING = ("autokeras_normalization", "none")
 
 
+# keras-tuner's distributed mode: this process's tuner id ("chief" in it: the chief), and where the chief's oracle
+# listens (on the chief) or is reached (on a worker).
+ORACLE_ENV: tuple[str, str, str] = ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT")
+# Written by whoever ran a trial into its directory: the chief's reports take the workers' timings from there.
+_TRIAL_TIMING = "glimpse_trial.json"
+
+
+@dataclass(frozen=True)
+class DistributedTuning:
+    """This process's part in a distributed Keras Tuner search (keras-tuner's environment variables)."""
+
+    tuner_id: str
+    oracle_ip: str
+    oracle_port: int
+
+    @property
+    def is_chief(self) -> bool:
+        return "chief" in self.tuner_id  # keras-tuner's own rule (keras_tuner distribute utils)
+
+    def environ(self) -> dict[str, str]:
+        return dict(zip(ORACLE_ENV, (self.tuner_id, self.oracle_ip, str(self.oracle_port)), strict=True))
+
+
+def distributed_tuning(env: Mapping[str, str] | None = None) -> DistributedTuning | None:
+    """keras-tuner's distributed settings from ``env`` (default: this process's environment): None when
+    ``KERASTUNER_ORACLE_IP`` is unset (one process), StudyError when it is set without a tuner id or a valid port."""
+    env = os.environ if env is None else env
+    tuner_id, ip, port = (env.get(name, "").strip() for name in ORACLE_ENV)
+    if not ip:
+        return None
+    if not tuner_id:
+        raise StudyError("KERASTUNER_ORACLE_IP is set but not KERASTUNER_TUNER_ID (chief, or a worker's own id)")
+    try:
+        number = int(port)
+    except ValueError:
+        number = 0
+    if not 0 < number < 65536:
+        raise StudyError(f"KERASTUNER_ORACLE_PORT must be a port number when KERASTUNER_ORACLE_IP is set, got {port!r}")
+    return DistributedTuning(tuner_id, ip, number)
+
+
 def _default_base() -> TrainConfig:
     return TrainConfig(image_size=STUDY_IMAGE_SIZE, epochs=6, patience=3, name="tuned")
 
@@ -132,6 +185,7 @@ class TuneConfig:
     deterministic: bool = True
     verbose: int | str = "auto"
     time_limit: float | None = None  # seconds of search after which no trial (and no epoch) starts
+    distributed: DistributedTuning | None = None  # keras-tuner's distributed mode: this process's part
 
     def __post_init__(self) -> None:
         if self.tuner not in TUNERS:
@@ -140,6 +194,8 @@ class TuneConfig:
             raise StudyError(f"max_trials must be >= 1, got {self.max_trials}")
         if self.tuner == "hyperband" and self.base.epochs < 2:
             raise StudyError("hyperband needs --epochs >= 2 (its max_epochs)")
+        if self.distributed is not None and self.tuner == "autokeras":
+            raise StudyError("--tuner autokeras runs in one process; unset KERASTUNER_ORACLE_IP")
         if self.time_limit is not None and not (isinstance(self.time_limit, (int, float)) and self.time_limit > 0):
             raise StudyError(f"time_limit must be a positive number of seconds, got {self.time_limit!r}")
         name = self.base.model_name
@@ -164,6 +220,7 @@ class TuneConfig:
             "batch_size": b.batch_size, "patience": b.patience, "seed": b.seed, "max_examples": b.max_examples,
             "export_dir": b.export_dir if self.export else None, "name": b.model_name,
             "deterministic": self.deterministic, "verbose": self.verbose, "time_limit": self.time_limit,
+            **({"distributed": self.distributed.environ()} if self.distributed is not None else {}),
         }
 
 
@@ -269,13 +326,49 @@ def _timed(base: type) -> type:
 
         def on_trial_end(self, trial: Any) -> None:
             self.trial_seconds[trial.trial_id] += time.perf_counter()
+            _write_trial_timing(
+                Path(self.get_trial_dir(trial.trial_id)),
+                tuner_id=self.tuner_id,
+                seconds=self.trial_seconds[trial.trial_id],
+                epochs_run=getattr(self, "epochs_run", {}).get(trial.trial_id),
+            )
             super().on_trial_end(trial)
-            if self.deadline is not None and time.perf_counter() >= self.deadline:
+            # A worker's oracle is the chief's (over gRPC): the chief stops creating trials at the deadline.
+            if self.deadline is not None and time.perf_counter() >= self.deadline and not self._is_worker():
                 # An oracle that holds max_trials trials creates no more: the search loop ends here.
                 self.oracle.max_trials = len(self.oracle.trials)
 
     Timed.__name__ = Timed.__qualname__ = f"Timed{base.__name__}"
     return Timed
+
+
+def _write_trial_timing(trial_dir: Path, *, tuner_id: str, seconds: float, epochs_run: int | None) -> None:
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    timing = {"tuner_id": tuner_id, "seconds": seconds, "epochs_run": epochs_run}
+    (trial_dir / _TRIAL_TIMING).write_text(json.dumps(timing))
+
+
+def _read_trial_timing(tuner: Any, trial_id: str) -> dict[str, Any]:
+    """What the process that ran a trial recorded of it (a distributed chief ran none itself); {} if nothing."""
+    path = Path(tuner.get_trial_dir(trial_id)) / _TRIAL_TIMING
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _stop_creating_trials_after(oracle: Any, deadline: float) -> None:
+    """Make a chief's ``oracle`` answer every request for a new trial after ``deadline`` (perf_counter) with "the
+    search is over": it caps max_trials at the trials it already has (keras-tuner then stops the asking worker)."""
+    create_trial = oracle.create_trial
+
+    def create_trial_until_deadline(tuner_id: str) -> Any:
+        if time.perf_counter() >= deadline:
+            oracle.max_trials = max(1, len(oracle.trials))
+        return create_trial(tuner_id)
+
+    oracle.create_trial = create_trial_until_deadline
 
 
 def _deadline_callback(deadline: float) -> Any:
@@ -293,12 +386,14 @@ def _deadline_callback(deadline: float) -> Any:
 def _tuner(config: TuneConfig, hypermodel: Any, directory: Path) -> Any:
     import keras_tuner as kt
 
+    worker = config.distributed is not None and not config.distributed.is_chief
     common = {
         "objective": kt.Objective(OBJECTIVE, direction="max"),
         "seed": config.base.seed,
         "directory": str(directory),
         "project_name": "tuner",
-        "overwrite": True,
+        # A worker shares the chief's directory (the trials' checkpoints): only the chief starts it afresh.
+        "overwrite": not worker,
     }
     if config.tuner == "random":
         return _timed(kt.RandomSearch)(hypermodel, max_trials=config.max_trials, **common)
@@ -320,13 +415,14 @@ def _trial_rows(tuner: Any, *, autokeras: bool = False) -> list[dict[str, Any]]:
     for trial_id, trial in sorted(tuner.oracle.trials.items()):
         values = trial.hyperparameters.values
         score = trial.score
+        timing = {} if trial_id in seconds else _read_trial_timing(tuner, trial_id)
         row: dict[str, Any] = {
             "trial_id": trial_id,
             "status": str(trial.status),
             "val_accuracy": None if score is None else round(float(score), 4),
             "best_epoch": int(trial.best_step) + 1 if score is not None else None,
-            "seconds": round(seconds.get(trial_id, float("nan")), 1),
-            "epochs_run": epochs.get(trial_id),
+            "seconds": round(seconds.get(trial_id, timing.get("seconds", float("nan"))), 1),
+            "epochs_run": epochs.get(trial_id, timing.get("epochs_run")),
         }
         if autokeras:
             row.update({column: values.get(name) for column, name in _AUTOKERAS_HP_NAMES.items()})
@@ -473,6 +569,9 @@ def _keras_tuner_search(config: TuneConfig, data: StudyData, callbacks: list[Any
     hypermodel = _hypermodel(config, data)
     tuner = _tuner(config, hypermodel, Path(config.out))
     tuner.deadline = deadline
+    if deadline is not None and config.distributed is not None and config.distributed.is_chief:
+        _stop_creating_trials_after(tuner.oracle, deadline)
+    # On a distributed chief this serves the oracle until every worker has been told the search is over.
     tuner.search(epochs=config.base.epochs, callbacks=callbacks, verbose=config.verbose)
     rows = _trial_rows(tuner)
     _require_completed(rows, Path(config.out) / "tuner")
@@ -652,9 +751,79 @@ def _early_stopping(patience: int) -> Any:
 
 def execute_tune(config: TuneConfig) -> TuneResult:
     """Run the search, evaluate the best model on the test split, export it (unless ``config.export`` is False),
-    report. The search runs seeded (``training.fit.seeded``), with op determinism if ``config.deterministic``."""
-    with seeded(config.base.seed, deterministic=config.deterministic):
+    report. The search runs seeded (``training.fit.seeded``), with op determinism if ``config.deterministic``.
+
+    With ``config.distributed`` this process is the chief (the same, the trials run by the workers) or a worker (it
+    runs trials until the chief's oracle says the search is over, then writes ``OUT/workers/<tuner id>.json`` and
+    returns its own trials; no evaluation, export or reports)."""
+    with _keras_tuner_environ(config.distributed), seeded(config.base.seed, deterministic=config.deterministic):
+        if config.distributed is not None and not config.distributed.is_chief:
+            return _execute_worker(config)
         return _execute_tune(config)
+
+
+@contextlib.contextmanager
+def _keras_tuner_environ(distributed: DistributedTuning | None) -> Iterator[None]:
+    """keras-tuner reads its distributed settings from the environment: set them as ``distributed`` says (unset
+    them for a one-process search) while the search runs, then put back what was there."""
+    saved = {name: os.environ.get(name) for name in ORACLE_ENV}
+    wanted = distributed.environ() if distributed is not None else {}
+    try:
+        for name in ORACLE_ENV:
+            if name in wanted:
+                os.environ[name] = wanted[name]
+            else:
+                os.environ.pop(name, None)
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _execute_worker(config: TuneConfig) -> TuneResult:
+    """A distributed worker: train the trials the chief hands out, report them to it, record them."""
+    assert config.distributed is not None
+    base = config.base
+    start = time.perf_counter()
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = prepare_data(base.dataset, image_size=base.size, seed=base.seed, max_examples=base.max_examples)
+    if base.model in PRETRAINED_MODELS:
+        data = data.as_rgb()
+    callbacks: list[Any] = []
+    deadline = None
+    if config.time_limit is not None:
+        deadline = time.perf_counter() + config.time_limit
+        callbacks.append(_deadline_callback(deadline))
+    hypermodel = _hypermodel(config, data)
+    tuner = _tuner(config, hypermodel, out)
+    tuner.deadline = deadline
+    tuner.search(epochs=base.epochs, callbacks=callbacks, verbose=config.verbose)
+    seconds = getattr(tuner, "trial_seconds", {})
+    epochs = getattr(tuner, "epochs_run", {})
+    rows = [
+        {"trial_id": trial_id, "seconds": round(seconds[trial_id], 1), "epochs_run": epochs.get(trial_id)}
+        for trial_id in sorted(seconds)
+    ]
+    wall = time.perf_counter() - start
+    path = out / "workers" / f"{_safe(config.distributed.tuner_id)}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"tuner_id": config.distributed.tuner_id, "trials": rows, "wall_seconds": wall},
+                               indent=2))
+    return TuneResult(
+        config=config,
+        best_hyperparameters={},
+        best_val_accuracy=float("nan"),
+        test_accuracy=float("nan"),
+        trials=tuple(rows),
+        wall_seconds=wall,
+        version_dir=None,
+        files=(path,),
+        tuned_with=f"keras_tuner {config.tuner} (worker {config.distributed.tuner_id})",
+    )
 
 
 def _execute_tune(config: TuneConfig) -> TuneResult:
@@ -740,7 +909,7 @@ def _safe(text: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in text).strip("_") or "dataset"
 
 
-def _config_from_args(args: argparse.Namespace) -> TuneConfig:
+def _config_from_args(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> TuneConfig:
     autokeras = args.tuner == "autokeras"
     # AutoKeras searches the architecture itself and trains from scratch: the base run is a scratch model's.
     model = "scratch" if autokeras else args.model
@@ -773,6 +942,7 @@ def _config_from_args(args: argparse.Namespace) -> TuneConfig:
         deterministic=not args.no_determinism,
         verbose=args.verbose if args.verbose == "auto" else int(args.verbose),
         time_limit=args.time_limit,
+        distributed=distributed_tuning(env),
     )
 
 
@@ -788,6 +958,13 @@ def run_tune(args: argparse.Namespace) -> int:
     except user_errors() as e:
         print(f"glimpse tune: {e}", file=sys.stderr)
         return 2
+    if config.distributed is not None and not config.distributed.is_chief:
+        ran = ", ".join(str(row["trial_id"]) for row in result.trials) or "none"
+        print(
+            f"tune {config.tuner} worker {config.distributed.tuner_id}: trials {ran} in {result.wall_seconds:.0f} s; "
+            f"the chief at {config.distributed.oracle_ip}:{config.distributed.oracle_port} reports"
+        )
+        return 0
     print(
         f"tune {config.tuner}: {len(result.trials)} trials in {result.wall_seconds:.0f} s; best val accuracy "
         f"{result.best_val_accuracy:.3f}, test accuracy {result.test_accuracy:.3f}; "

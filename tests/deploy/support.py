@@ -127,13 +127,18 @@ def compose_schema() -> dict[str, Any]:
 
 def kustomize(overlay: str) -> list[dict[str, Any]]:
     """``kubectl kustomize k8s/overlays/<overlay>`` as a list of objects."""
+    return kustomize_dir(K8S_DIR / "overlays" / overlay)
+
+
+def kustomize_dir(directory: Path) -> list[dict[str, Any]]:
+    """``kubectl kustomize DIRECTORY`` as a list of objects."""
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         raise FileNotFoundError("kubectl")
-    result = subprocess.run([kubectl, "kustomize", str(K8S_DIR / "overlays" / overlay)], capture_output=True,
+    result = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True,
                             text=True, timeout=120, check=False)
     if result.returncode != 0:
-        raise RuntimeError(f"kubectl kustomize {overlay} failed: {result.stderr.strip()}")
+        raise RuntimeError(f"kubectl kustomize {directory} failed: {result.stderr.strip()}")
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
