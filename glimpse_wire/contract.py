@@ -18,6 +18,8 @@ __all__ = [
     "CLASSIFY_METHOD_NAME",
     "PREDICT_METHOD_NAME",
     "ATTRIBUTION_METHODS",
+    "CAM_METHODS",
+    "DEFAULT_EXPLAIN_METHOD",
     "ACTIVATIONS_METHOD",
     "EXPLAIN_METHODS",
     "IN_IMAGE_BYTES",
@@ -73,7 +75,16 @@ ATTRIBUTION_METHODS: tuple[str, ...] = (
     "gradients_inputs",
     "smoothgrad",
     "integrated_gradients",
+    "gradcam_pp",
+    "hirescam",
+    "layercam",
 )
+# The class-activation-map methods: they weigh the model's conv activations, so a model without a Grad-CAM layer
+# (no 4-D conv activation) is exported without them.
+CAM_METHODS: tuple[str, ...] = ("gradcam", "gradcam_pp", "hirescam", "layercam")
+# The method the explain API and the web page use when a request names none: chosen by the localization benchmark
+# of the default `glimpse train` model (docs/explanations.md, "Which method is the default").
+DEFAULT_EXPLAIN_METHOD = "layercam"
 # The activation maps of one conv layer, as a tiled grid and as raw channels (outputs ACTIVATIONS_OUTPUTS).
 ACTIVATIONS_METHOD = "activations"
 # Every method with an explain_<method> signature.
@@ -145,6 +156,11 @@ class MethodParam:
     maximum: float | None = None
 
 
+_FUSED_LAYERS_HELP = (
+    "Conv layers fused, deepest first: 1 = the Grad-CAM layer alone, n = the model card's last n activation_layers "
+    "(all of them when it has fewer)."
+)
+
 METHOD_PARAMS: dict[str, tuple[MethodParam, ...]] = {
     "gradcam": (
         MethodParam("use_guided_grads", "bool", True, "Guided gradients (tf-explain's default)."),
@@ -164,6 +180,15 @@ METHOD_PARAMS: dict[str, tuple[MethodParam, ...]] = {
     ),
     "integrated_gradients": (
         MethodParam("n_steps", "int32", 10, "Interpolation steps from a black baseline (tf-explain: 10).", 1, 512),
+    ),
+    "gradcam_pp": (
+        MethodParam("layers", "int32", 1, _FUSED_LAYERS_HELP, 1, 255),
+    ),
+    "hirescam": (
+        MethodParam("layers", "int32", 1, _FUSED_LAYERS_HELP, 1, 255),
+    ),
+    "layercam": (
+        MethodParam("layers", "int32", 3, _FUSED_LAYERS_HELP, 1, 255),
     ),
     ACTIVATIONS_METHOD: (
         MethodParam(

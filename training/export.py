@@ -34,6 +34,7 @@ from PIL import Image, UnidentifiedImageError
 
 from glimpse_wire.contract import (
     ACTIVATIONS_METHOD,
+    CAM_METHODS,
     CLASSIFY_METHOD_NAME,
     CONTRACT_VERSION,
     EXAMPLE_IMAGE_KEY,
@@ -203,13 +204,14 @@ def find_activation_layers(
 
 
 def expected_signatures(gradcam: bool = True, activations: bool | None = None) -> tuple[str, ...]:
-    """The signature keys an exported version carries, in order: no ``explain_gradcam`` without a Grad-CAM layer, no
-    ``explain_activations`` without activation layers (``activations`` None: the same as ``gradcam``)."""
+    """The signature keys an exported version carries, in order: no CAM method (``CAM_METHODS``: Grad-CAM and its
+    relatives) without a Grad-CAM layer, no ``explain_activations`` without activation layers (``activations`` None:
+    the same as ``gradcam``)."""
     activations = gradcam if activations is None else activations
     explain = tuple(
         explain_signature(m)
         for m in EXPLAIN_METHODS
-        if (gradcam or m != "gradcam") and (activations or m != ACTIVATIONS_METHOD)
+        if (gradcam or m not in CAM_METHODS) and (activations or m != ACTIVATIONS_METHOD)
     )
     return (SIG_DEFAULT, SIG_PIXELS, SIG_CLASSIFY, *explain)
 

@@ -6,8 +6,6 @@ Full figures: docs/explanations.md (``python -m studies.localization_default --s
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 
@@ -21,8 +19,10 @@ from studies.localization_default import (
     box_distance,
     choose_default,
     make_pair_set,
+    make_sets,
     mass_in_box,
     run_seed,
+    train_default_model,
 )
 
 
@@ -93,15 +93,19 @@ def test_choose_default_skips_methods_over_twice_gradcams_time() -> None:
 def test_quick_benchmark_the_default_method_points_at_the_object(tmp_path) -> None:
     """The default glimpse train model (3 classes, 3 epochs) on 30 natural-background composites of unseen photos:
     the default method's strict pointing game is far above Grad-CAM-at-the-last-layer's 0.35 and chance."""
-    result = run_seed(QUICK_CONFIG, tmp_path, log=lambda message: None)
+    result = run_seed(QUICK_CONFIG, tmp_path, log=lambda message: None, timing_images=0)
     natural = result["variants"]["natural"]
     figures = natural["rows"][DEFAULT_EXPLAIN_METHOD]
     assert natural["accuracy"] >= 0.6, natural  # 3 classes: chance is 0.33
-    assert figures["pointing"] >= 0.6, figures
-    assert figures["pointing_near"] >= 0.8, figures
+    # measured 0.73 strict and 0.87 within 15 px (Grad-CAM at the last layer: 0.07 and 0.43); a method that points
+    # in the box 35% of the time passes 0.55 on 30 images about 1% of the time
+    assert figures["pointing"] >= 0.55, figures
+    assert figures["pointing_near"] >= 0.75, figures
     assert figures["mass_in_box"] >= 2 * natural["box_area"], (figures, natural["box_area"])
     assert figures["deletion_auc"] < natural["random_deletion_auc"], (figures, natural)
     assert NEAR_PX == 15
-    # the trained model is cached: a second run loads it instead of training again
-    again = run_seed(dataclasses.replace(QUICK_CONFIG, row_labels=("gradcam",)), tmp_path, log=lambda m: None)
-    assert again["training"] == result["training"]
+    # the trained model is cached: asking again loads it instead of training again
+    messages: list[str] = []
+    train, _ = make_sets(QUICK_CONFIG, result["image_size"])
+    _, facts = train_default_model(QUICK_CONFIG, train, tmp_path, log=messages.append)
+    assert facts == result["training"] and messages[0].startswith("loaded the cached model")

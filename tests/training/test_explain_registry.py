@@ -16,6 +16,7 @@ from tensorflow.core.protobuf import saved_model_pb2
 import training.explain as explain_package
 from glimpse_wire.contract import (
     ATTRIBUTION_METHODS,
+    CAM_METHODS,
     EXPLAIN_METHODS,
     IN_CLASS_INDEX,
     IN_IMAGE_BYTES,
@@ -91,9 +92,9 @@ def test_traced_functions_take_exactly_the_contract_inputs_and_give_its_outputs(
 
 def test_methods_the_model_cannot_serve_are_left_out() -> None:
     explainer = GraphExplainer(_small_model(), None)
-    assert explainer.signature_methods == tuple(m for m in EXPLAIN_METHODS if m not in ("gradcam", "activations"))
-    assert explainer.methods == tuple(m for m in ATTRIBUTION_METHODS if m != "gradcam")
-    for name in ("gradcam", "activations"):
+    assert explainer.signature_methods == tuple(m for m in EXPLAIN_METHODS if m not in (*CAM_METHODS, "activations"))
+    assert explainer.methods == tuple(m for m in ATTRIBUTION_METHODS if m not in CAM_METHODS)
+    for name in (*CAM_METHODS, "activations"):
         with pytest.raises(ValueError, match=re.escape(get_method(name).unsupported)):
             getattr(explainer, name)(tf.zeros([1, 8, 8, 3]), [0], *(p.default for p in METHOD_PARAMS[name]))
 

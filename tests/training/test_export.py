@@ -24,6 +24,7 @@ from glimpse_wire.contract import (
     ACTIVATIONS_METHOD,
     ACTIVATIONS_OUTPUTS,
     ATTRIBUTION_METHODS,
+    CAM_METHODS,
     CLASSIFY_METHOD_NAME,
     CONTRACT_VERSION,
     EXAMPLE_IMAGE_KEY,
@@ -149,8 +150,10 @@ def test_expected_signatures_without_gradcam() -> None:
     assert explain_signature("gradcam") in expected_signatures(True)
     assert explain_signature(ACTIVATIONS_METHOD) in expected_signatures(True)
     without = expected_signatures(False)
-    assert explain_signature("gradcam") not in without and explain_signature(ACTIVATIONS_METHOD) not in without
-    assert len(without) == 3 + len(EXPLAIN_METHODS) - 2
+    # every CAM method weighs the Grad-CAM layer's activations: none is exported without one
+    assert all(explain_signature(m) in expected_signatures(True) for m in CAM_METHODS)
+    assert not any(explain_signature(m) in without for m in (*CAM_METHODS, ACTIVATIONS_METHOD))
+    assert len(without) == 3 + len(EXPLAIN_METHODS) - len(CAM_METHODS) - 1
     # a model without a Grad-CAM layer may still be given activation layers explicitly
     assert expected_signatures(False, activations=True) == (*without, explain_signature(ACTIVATIONS_METHOD))
 
@@ -645,7 +648,9 @@ def test_export_keras_file_h5_without_conv_exports_without_gradcam(mlp_export: _
     card = json.loads((version_dir / MODEL_CARD_ASSET).read_text())
     assert card["gradcam_layer"] is None
     assert card["labels"] == ["class_0", "class_1"]
-    assert "explain_gradcam and explain_activations are not exported" in card["notes"][0]
+    assert "are not exported" in card["notes"][0]
+    for method in (*CAM_METHODS, ACTIVATIONS_METHOD):
+        assert explain_signature(method) in card["notes"][0], method
     assert card["activation_layers"] == []
     assert sorted(_signature_defs(version_dir)) == sorted(expected_signatures(False))
     image = np.full((8, 8, 3), 200, dtype=np.uint8)

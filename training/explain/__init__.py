@@ -11,7 +11,10 @@ Layout:
 - ``base.py``: what the methods share: the registry record (``ExplainMethod``), per-example inputs and their checks
   (``prepare``), batch expansion, heatmap normalisation, the result dict.
 - one module per method, named as the contract names it: ``gradcam.py``, ``occlusion.py``, ``vanilla_gradients.py``,
-  ``gradients_inputs.py``, ``smoothgrad.py``, ``integrated_gradients.py``, ``activations.py``; each defines ``METHOD``.
+  ``gradients_inputs.py``, ``smoothgrad.py``, ``integrated_gradients.py``, ``gradcam_pp.py``, ``hirescam.py``,
+  ``layercam.py``, ``activations.py``; each defines ``METHOD``.
+- ``cams.py``: what Grad-CAM++, HiResCAM and LayerCAM share (the logit they differentiate, the fusion of their maps
+  over the deepest conv layers, per example).
 - ``registry.py``: contract name -> ``ExplainMethod``, read by the exporter, the benchmarks and the docs table.
 - ``explainer.py``: ``GraphExplainer``, the facade that callers use.
 
@@ -33,7 +36,10 @@ docs/explanations.md and checked by tests/training/test_explain_parity.py:
   identical.
 - Activations: one grid per image instead of one grid for the whole batch.
 
-Shapes of ``attribution``: gradcam [B,h,w] (the conv grid); occlusion [B,H,W]; the four gradient methods
+Grad-CAM++, HiResCAM and LayerCAM are not in tf-explain; they follow their papers (docs/explanations.md).
+
+Shapes of ``attribution``: gradcam [B,h,w] (the conv grid); gradcam_pp, hirescam, layercam [B,H,W] (the fused map);
+occlusion [B,H,W]; the four gradient methods
 [B,H,W,C] (signed, before any channel reduction). ``heatmap`` is always [B,H,W] in [0, 1].
 """
 

@@ -65,6 +65,7 @@ class Forward:
     score: tf.Tensor  # [B,C], what tf-explain's VanillaGradients differentiates
     log_probabilities: tf.Tensor  # [B,C], computed stably from the logits where the model exposes them
     activations: tf.Tensor | None  # [B,h,w,K], the Grad-CAM layer
+    logits: tf.Tensor | None = None  # [B,C], the softmax's input where the model exposes it
 
 
 class ExplainModel:
@@ -151,6 +152,12 @@ class ExplainModel:
             if names
             else None
         )
+        # the CAM methods: the output, the logits' source and every activation layer, in one pass
+        self._cam_net = (
+            keras.Model(model.input, [*outputs[: self._activation_index], *layer_outputs], name=f"{model.name}_cams")
+            if names and self._activation_index is not None
+            else None
+        )
 
     @property
     def has_gradcam_layer(self) -> bool:
@@ -168,7 +175,22 @@ class ExplainModel:
         if not isinstance(outs, (list, tuple)):  # a one-output functional model returns the bare tensor
             outs = [outs]
         # float32 throughout, also for a mixed-precision model (its output and activations may be float16)
-        outs = [tf.cast(t, tf.float32) for t in outs]
+        return self._forward_of([tf.cast(t, tf.float32) for t in outs])
+
+    def cam_forward(self, images: tf.Tensor) -> tuple[Forward, list[tf.Tensor]]:
+        """One pass for the CAM methods: the :class:`Forward` of ``images`` (its ``activations`` are the Grad-CAM
+        layer's) and every activation layer's output (float32), in ``activation_layers`` order, the Grad-CAM layer
+        included. Raises ValueError when the model has no Grad-CAM layer."""
+        if self._cam_net is None:
+            raise ValueError("this model has no Grad-CAM layer (no 4-D conv activation); use another method")
+        outs = [tf.cast(t, tf.float32) for t in self._cam_net(images, training=False)]
+        layers = outs[self._activation_index :]
+        head = outs[: self._activation_index]
+        grad_layer = layers[self.activation_layers.index(self.gradcam_layer)]
+        return self._forward_of([*head, grad_layer]), layers
+
+    def _forward_of(self, outs: list[tf.Tensor]) -> Forward:
+        """The :class:`Forward` of ``self._net``'s outputs (float32)."""
         probabilities = outs[0]
         if self._softmax_kind == "input":
             logits = outs[self._logit_source]
@@ -183,7 +205,7 @@ class ExplainModel:
             tf.nn.log_softmax(logits, axis=-1) if logits is not None else tf.math.log(tf.maximum(probabilities, _TINY))
         )
         activations = outs[self._activation_index] if self._activation_index is not None else None
-        return Forward(probabilities, outs[self._score_index], log_probabilities, activations)
+        return Forward(probabilities, outs[self._score_index], log_probabilities, activations, logits)
 
     def layer_outputs(self, images: tf.Tensor) -> tuple[tf.Tensor, list[tf.Tensor]]:
         """One pass for ``activations``: the probabilities [B,C] (float32) and each activation layer's raw output, in
