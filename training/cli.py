@@ -11,6 +11,7 @@ _MODELS = ("efficientnet_lite0", "mobilenet_v2", "resnet50", "scratch", "scratch
 _OPTIMIZERS = ("adam", "sgd", "momentum", "rmsprop", "adagrad", "adadelta")
 _AUGMENTATIONS = ("basic", "randaugment", "none", "shift", "flip")
 _PREPROCESSING = ("none", "scale_0_1", "scale_-1_1", "caffe", "lite0")
+_DISTRIBUTE = ("none", "mirrored", "multiworker")
 
 
 def _fraction(value: str) -> float:
@@ -24,6 +25,13 @@ def _positive_int(value: str) -> int:
     n = int(value)
     if n < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return n
+
+
+def _folds(value: str) -> int:
+    n = int(value)
+    if n != 0 and n < 2:
+        raise argparse.ArgumentTypeError(f"must be at least 2 folds (0 = off), got {value}")
     return n
 
 
@@ -63,12 +71,27 @@ def configure_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--refit", action="store_true",
                    help="after early stopping, train a fresh model on the training and validation splits together "
                         "for the best epoch count, and test and export that one")
+    p.add_argument("--cv", type=_folds, default=0, metavar="K",
+                   help="stratified K-fold cross-validation over every example (train+val+test) of tuxpaint, "
+                        "fashion_mnist or folder:PATH: each fold trains from the same initialisation and early-stops "
+                        "on an inner validation split of its training part; prints cv_accuracy=MEAN ± STD and the "
+                        "pooled accuracy; the export is trained on all the examples for the folds' median best "
+                        "epoch count (0 = off, the default)")
+    p.add_argument("--cv-repeats", type=_positive_int, default=1, metavar="R",
+                   help="repeat the K-fold cross-validation R times with fresh seeded partitions (default 1)")
+    p.add_argument("--metrics-out", default=None, metavar="FILE",
+                   help="write the run's metrics as JSON (test_accuracy, val_accuracy, wall_s, epochs_run, and with "
+                        "--cv the cv_* figures); in a multi-worker run the chief writes it")
+    p.add_argument("--distribute", default="none", choices=_DISTRIBUTE,
+                   help="none (default), mirrored (tf.distribute.MirroredStrategy over all local GPUs) or "
+                        "multiworker (MultiWorkerMirroredStrategy, cluster from TF_CONFIG); --batch-size is per "
+                        "replica and --lr is scaled by the replica count")
 
 
 def run_train(args: argparse.Namespace) -> int:
     from training.data import DatasetUnavailable
     from training.models import ModelUnavailable
-    from training.train import TrainConfig, train
+    from training.train import TrainConfig, train, write_metrics
 
     try:
         config = TrainConfig(
@@ -78,9 +101,12 @@ def run_train(args: argparse.Namespace) -> int:
             unfreeze=args.unfreeze, dropout=args.dropout, dense_units=args.dense_units, augment=args.augment,
             seed=args.seed, max_examples=args.max_examples, weights=args.weights, logdir=args.logdir,
             export_dir=args.export_dir, name=args.name, explain_every=args.explain_every,
-            explain_images=args.explain_images, refit=args.refit, ema=args.ema,
+            explain_images=args.explain_images, refit=args.refit, ema=args.ema, cv=args.cv,
+            cv_repeats=args.cv_repeats, distribute=args.distribute,
         )
-        train(config, export=not args.no_export)
+        result = train(config, export=not args.no_export)
+        if args.metrics_out and result.chief:
+            write_metrics(args.metrics_out, result)
     except (DatasetUnavailable, ModelUnavailable, ValueError, FileNotFoundError) as e:
         print(f"glimpse train: error: {e}", file=sys.stderr)
         return 2

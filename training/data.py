@@ -31,12 +31,14 @@ __all__ = [
     "DATASET_SPECS",
     "DatasetSplits",
     "DatasetUnavailable",
+    "ExamplePool",
     "Record",
     "TUXPAINT_CLASSES",
     "TUXPAINT_ROOT",
     "FASHION_MNIST_DIR",
     "FASHION_MNIST_CLASSES",
     "load_dataset",
+    "load_pool",
     "load_tuxpaint_records",
     "stratified_split",
 ]
@@ -475,3 +477,83 @@ def load_dataset(
     if spec.startswith("tfds:"):
         return _load_tfds(spec, **kwargs)
     raise ValueError(f"unknown dataset {spec!r}; expected one of {', '.join(DATASET_SPECS)}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Every example at once (cross-validation)
+
+POOL_SPECS = ("tuxpaint", "fashion_mnist", "folder:PATH")
+
+
+@dataclass(frozen=True)
+class ExamplePool:
+    """Every example of a dataset, its training, validation and test splits pooled, for cross-validation: the folds
+    are index arrays into ``labels``, and :meth:`dataset` makes the same pipeline as :func:`load_dataset` for any of
+    them. ``images`` is a sequence of arrays of any size (Tux Paint, folders) or one uint8 array [N,H,W,C]."""
+
+    images: Any
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+    channels: int
+    spec: str
+    image_size: int
+    batch_size: int
+    seed: int
+    augment: str
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def dataset(self, indices: Sequence[int] | np.ndarray, *, train: bool) -> Any:
+        """Batched (float32 pixels 0-255, int32 label) pipeline of the examples at ``indices``; ``train``: shuffled
+        (seeded) and augmented by a fresh augmenter, so that every fold sees the same augmentation stream."""
+        import tensorflow as tf
+
+        idx = [int(i) for i in indices]
+        labels = self.labels[idx].astype(np.int64)
+        if isinstance(self.images, np.ndarray):
+            ds = tf.data.Dataset.from_tensor_slices((self.images[idx], labels))
+            from_generator = False
+        else:
+            ds = _ragged_dataset([self.images[i] for i in idx], labels.tolist())
+            from_generator = True
+        augment = _augmenter(self.augment, self.channels, self.seed) if train else None
+        return _pipeline(ds, self.image_size, batch_size=self.batch_size, seed=self.seed, shuffle=train,
+                         augment=augment, from_generator=from_generator)
+
+    def records(self, indices: Sequence[int] | np.ndarray) -> Iterator[Record]:
+        """The original images at ``indices`` as PNG records (the exporter's examples)."""
+        for i in indices:
+            image = self.images[int(i)]
+            label = int(self.labels[int(i)])
+            yield Record(_encode_png(np.asarray(image)), label, self.class_names[label])
+
+    def describe(self) -> dict[str, Any]:
+        return {"spec": self.spec, "class_names": list(self.class_names), "num_examples": len(self),
+                "channels": self.channels, "image_size": self.image_size}
+
+
+def load_pool(spec: str, *, image_size: int, seed: int = 42, batch_size: int = 32, augment: str = "basic"
+              ) -> ExamplePool:
+    """All examples of ``tuxpaint``, ``fashion_mnist`` (its 60k training and 10k test images) or ``folder:PATH``."""
+    if augment not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {augment!r}; expected one of {', '.join(AUGMENTATIONS)}")
+    if image_size < 8:
+        raise ValueError(f"image size must be at least 8, got {image_size}")
+    images: Any
+    if spec == "tuxpaint":
+        images, labels, names = load_tuxpaint_records()
+    elif spec.startswith("folder:"):
+        images, labels, names = _folder_records(Path(spec[len("folder:") :]).expanduser())
+    elif spec == "fashion_mnist":
+        x_train, y_train, x_test, y_test = _fashion_mnist()
+        images = np.concatenate([x_train, x_test])[..., None]
+        labels, names = np.concatenate([y_train, y_test]), FASHION_MNIST_CLASSES
+    elif spec.startswith("tfds:"):
+        raise ValueError(f"cross-validation pools every example in memory; {spec!r} is not supported "
+                         f"(use one of {', '.join(POOL_SPECS)})")
+    else:
+        raise ValueError(f"unknown dataset {spec!r}; expected one of {', '.join(DATASET_SPECS)}")
+    channels = int(images[0].shape[-1])
+    return ExamplePool(images, np.asarray(labels, dtype=np.int64), tuple(names), channels, spec, image_size,
+                       batch_size, seed, augment)

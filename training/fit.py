@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from training.data import AUGMENTATIONS
+from training.distribute import DISTRIBUTE_MODES, prepare_model
 from training.models import MODELS, ModelInfo, build_model
 
 __all__ = [
@@ -84,6 +85,9 @@ class TrainConfig:
     explain_images: int = 6  # how many (the first of the validation split)
     refit: bool = False  # after early stopping: retrain on train+val for the best epoch count, test and export that
     ema: float = 0.0  # > 0: validate, early-stop and export an exponential moving average of the weights
+    cv: int = 0  # >= 2: stratified K-fold cross-validation over every example (training.cv); 0: one split
+    cv_repeats: int = 1  # repeated cross-validation: R fresh K-fold partitions
+    distribute: str = "none"  # or "mirrored" (local GPUs) or "multiworker" (cluster from TF_CONFIG)
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -117,6 +121,18 @@ class TrainConfig:
             raise ValueError(f"unknown model {self.model!r}; expected one of {', '.join(MODELS)}")
         if self.augment not in AUGMENTATIONS:
             raise ValueError(f"unknown augmentation {self.augment!r}; expected one of {', '.join(AUGMENTATIONS)}")
+        if self.cv == 1 or self.cv < 0:
+            raise ValueError(f"--cv must be at least 2 folds (0: off), got {self.cv}")
+        if self.cv_repeats < 1:
+            raise ValueError(f"--cv-repeats must be at least 1, got {self.cv_repeats}")
+        if self.cv_repeats > 1 and not self.cv:
+            raise ValueError("--cv-repeats needs --cv K")
+        if self.cv and (self.refit or self.explain_every):
+            raise ValueError("--cv trains the exported model on all the data itself: drop --refit and --explain-every")
+        if self.distribute not in DISTRIBUTE_MODES:
+            raise ValueError(f"unknown --distribute {self.distribute!r}; expected one of {', '.join(DISTRIBUTE_MODES)}")
+        if self.distribute != "none" and (self.cv or self.refit or self.explain_every):
+            raise ValueError("--distribute runs one training: drop --cv, --refit and --explain-every")
 
     @property
     def size(self) -> int:
@@ -258,7 +274,7 @@ def compile_classifier(model: Any, config: TrainConfig, num_examples: int) -> No
 
 def fit(config: TrainConfig, data: FitData, *, model: Any = None, epochs: int | None = None, initial_epoch: int = 0,
         callbacks: Sequence[Any] = (), log_dir: str | Path | None = None, histograms: bool = False,
-        verbose: int | str = "auto") -> FitResult:
+        verbose: int | str = "auto", strategy: Any = None) -> FitResult:
     """Fit a classifier on ``data`` as ``config`` says and return it with its history.
 
     ``model`` None: build ``config.model`` (seeded) and compile it (``compile_classifier``); a model the caller
@@ -266,16 +282,19 @@ def fit(config: TrainConfig, data: FitData, *, model: Any = None, epochs: int | 
     ``epochs`` defaults to ``config.epochs``; ``initial_epoch`` is where a resumed run starts (Hyperband's).
     With validation data, early stopping watches val_accuracy (``config.patience``) and restores the best weights;
     with ``config.ema`` validation sees the averaged weights. ``log_dir`` adds TensorBoard (``histograms``: weight
-    histograms each epoch); ``callbacks`` come last.
+    histograms each epoch); ``callbacks`` come last. ``strategy`` (a ``tf.distribute.Strategy``, see
+    ``training.distribute``): the model is built and compiled in its scope, and ``data`` batches the global batch.
     """
     import keras
 
     start = time.perf_counter()
     info: ModelInfo | None = None
-    if model is None:
-        model, info = build_classifier(config, data.num_classes, data.channels)
-    if not getattr(model, "compiled", False):
-        compile_classifier(model, config, data.num_train)
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        if model is None:
+            model, info = build_classifier(config, data.num_classes, data.channels)
+        if not getattr(model, "compiled", False):
+            compile_classifier(model, config, data.num_train)
+    prepare_model(model, strategy)
     timer = epoch_timer()
     validating = data.val is not None
     fit_callbacks: list[Any] = [

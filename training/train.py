@@ -3,6 +3,11 @@
 ``train(TrainConfig(...))`` loads the data, builds the model, fits it with early stopping and TensorBoard logging
 (scalars, weight histograms, sample images, the HParams record), evaluates on the held-out split and exports the
 model through the model contract.
+
+With ``config.cv = K`` it cross-validates instead (``training.cv``): K folds (times ``cv_repeats``) over every
+example, each fold fitted from the same initialisation and early-stopped on an inner validation split, then one model
+trained on all the examples for the epoch count the folds chose is exported. With ``config.distribute`` the fit runs
+under a ``tf.distribute`` strategy (``training.distribute``); the chief alone logs and exports.
 """
 
 from __future__ import annotations
@@ -10,12 +15,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from training.data import load_dataset
+import numpy as np
+
+from training.cv import cv_folds, stratified_subset, summarize
+from training.data import load_dataset, load_pool
+from training.distribute import Distribution, backup_dir, make_distribution
 from training.export import export_classifier
 from training.fit import (
     LR_SCHEDULES,
@@ -46,6 +56,7 @@ __all__ = [
     "run_pipeline_benchmarks",
     "seed_everything",
     "train",
+    "write_metrics",
 ]
 
 
@@ -59,6 +70,16 @@ class TrainResult:
     version_dir: Path | None = None
     run_dir: Path | None = None
     class_names: tuple[str, ...] = ()
+    chief: bool = True  # False on the other workers of a multi-worker run (they neither log nor export)
+
+
+def write_metrics(path: str | Path, result: TrainResult) -> Path:
+    """``glimpse train --metrics-out``: the run's metrics and its wall time (``wall_s``) as one JSON object."""
+    out = Path(path)
+    if out.parent != Path():
+        out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({**result.metrics, "wall_s": round(result.wall_s, 3)}, indent=1) + "\n")
+    return out
 
 
 def _unique_run_dir(logdir: str, stem: str) -> Path:
@@ -87,21 +108,48 @@ def train(config: TrainConfig, *, export: bool = True, callbacks: Sequence[Any] 
 
     The run is seeded with ``config.seed`` and TF op determinism is on while it runs: two runs with the same config
     and data give identical weights and metrics. ``callbacks`` are added to Keras' fit; ``verbose`` is fit's.
+    ``config.cv``: cross-validate (see the module docstring); ``config.distribute``: fit under a strategy.
     """
     t_start = time.perf_counter()
+    dist = make_distribution(config.distribute)  # first: the multi-worker strategy must precede other TF work
     with seeded(config.seed):
-        return _train(config, export=export, callbacks=callbacks, verbose=verbose, t_start=t_start)
+        if config.cv:
+            return _train_cv(config, export=export, callbacks=callbacks, verbose=verbose, t_start=t_start)
+        return _train(config, export=export, callbacks=callbacks, verbose=verbose, t_start=t_start, dist=dist)
 
 
-def _train(config: TrainConfig, *, export: bool, callbacks: Sequence[Any], verbose: int | str, t_start: float
-           ) -> TrainResult:
+def _start_epoch_callback() -> Any:
+    """A Keras callback whose ``epoch`` is the 0-based epoch the fit began at (after a backup was restored)."""
+    import keras
+
+    class StartEpoch(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.epoch: int | None = None
+
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            if self.epoch is None:
+                self.epoch = epoch
+
+    return StartEpoch()
+
+
+def _train(config: TrainConfig, *, export: bool, callbacks: Sequence[Any], verbose: int | str, t_start: float,
+           dist: Distribution) -> TrainResult:
+    # Under a strategy, --batch-size is per replica and the learning rate scales with the replicas (linear rule).
+    fit_config = config if dist.replicas == 1 else dataclasses.replace(
+        config, batch_size=config.batch_size * dist.replicas, lr=config.lr * dist.replicas)
     splits = load_dataset(config.dataset, image_size=config.size, seed=config.seed, max_examples=config.max_examples,
-                          batch_size=config.batch_size, augment=config.augment)
+                          batch_size=fit_config.batch_size, augment=config.augment)
+    train_ds, val_ds, test_ds = (dist.shard(ds, config.dataset) for ds in (splits.train, splits.val, splits.test))
     channels = splits.channels  # grey stays grey: pretrained models repeat it to RGB inside
     num_classes = len(splits.class_names)
-    model, info = build_classifier(config, num_classes, channels)
-    run_dir = _unique_run_dir(config.logdir, f"{config.model_name}-{config.model}")
-    _log_run_start(run_dir, splits, config)
+    # Under a strategy, fit builds the model inside the strategy's scope.
+    model, info = build_classifier(config, num_classes, channels) if dist.strategy is None else (None, None)
+    run_dir = None
+    if dist.chief:  # TensorBoard from the chief only
+        run_dir = _unique_run_dir(config.logdir, f"{config.model_name}-{config.model}")
+        _log_run_start(run_dir, splits, config)
     run_callbacks = list(callbacks)
     if config.explain_every:
         from training.callbacks import ExplainCallbackConfig, explanation_callbacks  # TF and tf-explain at import
@@ -110,10 +158,18 @@ def _train(config: TrainConfig, *, export: bool, callbacks: Sequence[Any], verbo
             model, gradcam_layer=info.gradcam_layer, validation=splits.val, class_names=splits.class_names,
             log_dir=run_dir / "explain",
             config=ExplainCallbackConfig(every=config.explain_every, num_images=config.explain_images))
-    fitted = fit(config, FitData(splits.train, num_classes, channels, splits.num_train, val=splits.val), model=model,
-                 callbacks=run_callbacks, log_dir=run_dir, histograms=True, verbose=verbose)
-    model, hist = fitted.model, fitted.history
-    val_loss, val_acc = model.evaluate(splits.val, verbose=0)
+    start_epoch = None
+    if dist.strategy is not None:
+        import keras
+
+        # A restarted worker resumes at the epoch its backup recorded (the backup is deleted when the fit ends).
+        start_epoch = _start_epoch_callback()
+        backup = backup_dir(config.logdir, f"{config.model_name}-{config.model}", dist.task)
+        run_callbacks = [keras.callbacks.BackupAndRestore(str(backup)), start_epoch, *run_callbacks]
+    fitted = fit(fit_config, FitData(train_ds, num_classes, channels, splits.num_train, val=val_ds), model=model,
+                 callbacks=run_callbacks, log_dir=run_dir, histograms=True, verbose=verbose, strategy=dist.strategy)
+    model, hist, info = fitted.model, fitted.history, info or fitted.info
+    val_loss, val_acc = model.evaluate(val_ds, verbose=0)
     best_epoch = fitted.best_epoch
     refit: dict[str, int] = {}
     if config.refit:
@@ -124,21 +180,31 @@ def _train(config: TrainConfig, *, export: bool, callbacks: Sequence[Any], verbo
         model = fit(config, FitData(splits.train_and_val(), num_classes, channels, examples), epochs=best_epoch,
                     log_dir=run_dir / "refit", verbose=verbose).model
         refit = {"refit_epochs": best_epoch, "refit_examples": examples}
-    test_loss, test_acc = model.evaluate(splits.test, verbose=0)
+    test_loss, test_acc = model.evaluate(test_ds, verbose=0)
     wall = time.perf_counter() - t_start
     metrics = {
         "test_accuracy": float(test_acc), "test_loss": float(test_loss),
         "val_accuracy": float(val_acc), "val_loss": float(val_loss),
         "epochs_run": len(hist["loss"]), "best_epoch": best_epoch, **refit, "train_seconds": round(wall, 1),
     }
-    write_hparams(run_dir, hparams_of(config), metrics, trial_id=run_dir.name, metric_prefix="hparams/")
+    distribution: dict[str, Any] = {}
+    if dist.strategy is not None:
+        metrics["start_epoch"] = int(start_epoch.epoch or 0)
+        distribution = dist.describe(config.batch_size, config.lr)
+    if run_dir is not None:
+        write_hparams(run_dir, hparams_of(config), metrics, trial_id=run_dir.name, metric_prefix="hparams/")
 
     version_dir = None
-    if export:
+    if export and dist.chief:
+        if dist.strategy is not None:  # export a plain copy: the same SavedModel as a run without a strategy
+            plain, _ = build_classifier(config, num_classes, channels)
+            plain.set_weights(model.get_weights())
+            model = plain
         card = {
             "training": {**dataclasses.asdict(config), "image_size": config.size, "name": config.model_name},
             "dataset": splits.describe(),
             "metrics": metrics,
+            **({"distribution": distribution} if distribution else {}),
         }
         version_dir = export_classifier(model, splits.class_names, config.export_dir, config.model_name,
                                         image_size=config.size, channels=channels, preprocessing=info.preprocessing,
@@ -147,11 +213,97 @@ def _train(config: TrainConfig, *, export: bool, callbacks: Sequence[Any], verbo
         f"[glimpse] {config.model} on {config.dataset}: val_accuracy={val_acc:.4f} test_accuracy={test_acc:.4f} "
         f"epochs={metrics['epochs_run']}"
         + (f" refit={best_epoch} epochs on {refit['refit_examples']} examples" if refit else "")
+        + (f" distribute={dist.mode} replicas={dist.replicas} task={dist.task} resumed_at_epoch="
+           f"{metrics['start_epoch']}" if distribution else "")
         + f" wall={wall:.1f}s"
         + (f" exported={version_dir}" if version_dir else ""),
         flush=True,
     )
-    return TrainResult(model, hist, metrics, wall, fitted.epoch_seconds, version_dir, run_dir, splits.class_names)
+    return TrainResult(model, hist, metrics, wall, fitted.epoch_seconds, version_dir, run_dir, splits.class_names,
+                       dist.chief)
+
+
+def _train_cv(config: TrainConfig, *, export: bool, callbacks: Sequence[Any], verbose: int | str, t_start: float
+              ) -> TrainResult:
+    pool = load_pool(config.dataset, image_size=config.size, seed=config.seed, batch_size=config.batch_size,
+                     augment=config.augment)
+    chosen = (np.arange(len(pool)) if config.max_examples is None
+              else stratified_subset(pool.labels, config.max_examples, config.seed))
+    folds = cv_folds(pool.labels[chosen], config.cv, repeats=config.cv_repeats, seed=config.seed)
+    num_classes = len(pool.class_names)
+    run_dir = _unique_run_dir(config.logdir, f"{config.model_name}-{config.model}-cv{config.cv}")
+    records: list[dict[str, Any]] = []
+    correct = predictions = 0
+    epoch_seconds: list[float] = []
+    for fold in folds:
+        train_idx, val_idx, test_idx = chosen[fold.train], chosen[fold.val], chosen[fold.test]
+        if not len(val_idx) or not len(train_idx):
+            raise ValueError(f"too few examples for {config.cv} folds with an inner validation split "
+                             f"({len(chosen)} examples)")
+        with seeded(config.seed):  # every fold starts from the same initialisation and the same random streams
+            fitted = fit(config, FitData(pool.dataset(train_idx, train=True), num_classes, pool.channels,
+                                         len(train_idx), val=pool.dataset(val_idx, train=False)),
+                         callbacks=callbacks, log_dir=run_dir / fold.name, verbose=verbose)
+        probabilities = fitted.model.predict(pool.dataset(test_idx, train=False), verbose=0)
+        right = int(np.sum(np.argmax(probabilities, axis=-1) == pool.labels[test_idx]))
+        correct, predictions = correct + right, predictions + len(test_idx)
+        epoch_seconds += fitted.epoch_seconds
+        record = {"repeat": fold.repeat + 1, "fold": fold.fold + 1, "test_accuracy": right / len(test_idx),
+                  "val_accuracy": max(fitted.history["val_accuracy"]), "best_epoch": fitted.best_epoch,
+                  "epochs_run": len(fitted.history["loss"]), "num_train": len(train_idx), "num_val": len(val_idx),
+                  "num_test": len(test_idx)}
+        records.append(record)
+        write_hparams(run_dir / fold.name, hparams_of(config, cv_fold=fold.name),
+                      {k: float(record[k]) for k in ("test_accuracy", "val_accuracy", "best_epoch")},
+                      trial_id=f"{run_dir.name}/{fold.name}", metric_prefix="hparams/")
+        print(f"[glimpse] cv {fold.name}: test_accuracy={record['test_accuracy']:.4f} ({right}/{len(test_idx)}) "
+              f"val_accuracy={record['val_accuracy']:.4f} best_epoch={fitted.best_epoch}", flush=True)
+    summary = summarize([r["test_accuracy"] for r in records], correct, predictions)
+    best_epochs = [r["best_epoch"] for r in records]
+    final_epochs = max(1, round(statistics.median(best_epochs)))
+    metrics: dict[str, Any] = {
+        "test_accuracy": summary.mean,  # the cross-validated estimate of held-out accuracy
+        "val_accuracy": float(np.mean([r["val_accuracy"] for r in records])),
+        "epochs_run": final_epochs,  # what the model trained on all the examples runs (the folds' median best)
+        "cv_accuracy_mean": summary.mean, "cv_accuracy_std": summary.std,
+        "cv_fold_accuracies": list(summary.fold_accuracies), "cv_pooled_accuracy": summary.pooled,
+        "cv_folds": config.cv, "cv_repeats": config.cv_repeats, "cv_examples": len(chosen),
+        "cv_fold_best_epochs": best_epochs,
+    }
+    repeats = f" x {config.cv_repeats} repeats" if config.cv_repeats > 1 else ""
+    print(f"[glimpse] {config.model} on {config.dataset}: cv_accuracy={summary.mean:.4f} ± {summary.std:.4f} "
+          f"over {config.cv} folds{repeats}; cv_pooled_accuracy={summary.pooled:.4f} "
+          f"({summary.correct}/{summary.predictions} predictions)", flush=True)
+
+    model = None
+    version_dir = None
+    if export:
+        # The folds have measured the recipe; the exported model is that recipe trained on every example, for the
+        # median of the epoch counts early stopping chose in the folds (no validation split is left to stop on).
+        with seeded(config.seed):
+            fitted_all = fit(config, FitData(pool.dataset(chosen, train=True), num_classes, pool.channels,
+                                             len(chosen)), epochs=final_epochs, callbacks=callbacks,
+                             log_dir=run_dir / "all", verbose=verbose)
+        model, info = fitted_all.model, fitted_all.info
+        metrics["final_examples"] = len(chosen)
+        card = {
+            "training": {**dataclasses.asdict(config), "image_size": config.size, "name": config.model_name},
+            "dataset": pool.describe(),
+            "metrics": metrics,
+            "cross_validation": {"folds": records, "final_epochs": final_epochs, "final_examples": len(chosen),
+                                 "inner_validation": "stratified share of each fold's training part"},
+        }
+        version_dir = export_classifier(model, pool.class_names, config.export_dir, config.model_name,
+                                        image_size=config.size, channels=pool.channels,
+                                        preprocessing=info.preprocessing, gradcam_layer=info.gradcam_layer,
+                                        card=card, examples=pool.records(chosen))
+    wall = time.perf_counter() - t_start
+    metrics["train_seconds"] = round(wall, 1)
+    write_hparams(run_dir, hparams_of(config), {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)},
+                  trial_id=run_dir.name, metric_prefix="hparams/")
+    print(f"[glimpse] cv wall={wall:.1f}s" + (f" exported={version_dir} (trained on all {len(chosen)} examples for "
+                                              f"{final_epochs} epochs)" if version_dir else ""), flush=True)
+    return TrainResult(model, {}, metrics, wall, epoch_seconds, version_dir, run_dir, pool.class_names)
 
 
 def pipeline_benchmark(dataset: str = "tuxpaint", model: str = "efficientnet_lite0", image_size: int = 128,

@@ -109,11 +109,15 @@ def test_cli_trains_and_exports_a_version_with_card_and_examples(tmp_path, capsy
 
     rc = main(["train", "--dataset", "tuxpaint", "--model", "scratch", "--image-size", "32", "--epochs", "1",
                "--max-examples", "24", "--logdir", str(tmp_path / "runs"), "--export-dir", str(tmp_path / "m"),
-               "--name", "tux"])
+               "--name", "tux", "--metrics-out", str(tmp_path / "out" / "metrics.json")])
     assert rc == 0
     assert "test_accuracy=" in capsys.readouterr().out
     version = tmp_path / "m" / "tux" / "1"
     card = json.loads((version / "assets.extra" / "model_card.json").read_text())
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert {"test_accuracy", "val_accuracy", "wall_s", "epochs_run"} <= set(metrics)
+    assert metrics["test_accuracy"] == pytest.approx(card["metrics"]["test_accuracy"])
+    assert metrics["epochs_run"] == 1 and metrics["wall_s"] > 0 and not any(k.startswith("cv_") for k in metrics)
     assert card["labels"] == (version / "assets" / "labels.txt").read_text().split("\n")[:-1]
     assert 0.0 <= card["metrics"]["test_accuracy"] <= 1.0
     assert card["training"]["seed"] == 42 and card["training"]["model"] == "scratch"
@@ -141,6 +145,16 @@ def test_config_validation():
         TrainConfig(augment="mixup")
     with pytest.raises(ValueError, match="constant, cosine"):
         TrainConfig(lr_schedule="step")
+    with pytest.raises(ValueError, match="--cv must be at least 2"):
+        TrainConfig(cv=1)
+    with pytest.raises(ValueError, match="--cv-repeats needs --cv"):
+        TrainConfig(cv_repeats=3)
+    with pytest.raises(ValueError, match="drop --refit"):
+        TrainConfig(cv=5, refit=True)
+    with pytest.raises(ValueError, match="none, mirrored, multiworker"):
+        TrainConfig(distribute="horovod")
+    with pytest.raises(ValueError, match="drop --cv"):
+        TrainConfig(distribute="multiworker", cv=3)
     assert TrainConfig(dataset="folder:/data/My Photos").model_name == "My_Photos"
 
 
@@ -154,3 +168,18 @@ def test_cli_choices_match_the_library():
     assert set(cli._AUGMENTATIONS) == set(AUGMENTATIONS)
     assert set(cli._MODELS) == set(MODELS)
     assert set(cli._OPTIMIZERS) == set(OPTIMIZERS)
+    from training.distribute import DISTRIBUTE_MODES
+
+    assert cli._DISTRIBUTE == DISTRIBUTE_MODES
+
+
+def test_train_flags_parse_without_tensorflow():
+    import subprocess
+    import sys
+
+    code = ("import argparse, sys; from training.cli import configure_train; p = argparse.ArgumentParser(); "
+            "configure_train(p); a = p.parse_args(['--cv', '5', '--cv-repeats', '2', '--metrics-out', 'm.json', "
+            "'--distribute', 'multiworker']); assert (a.cv, a.cv_repeats, a.metrics_out, a.distribute) == "
+            "(5, 2, 'm.json', 'multiworker'); assert 'tensorflow' not in sys.modules, 'tensorflow imported'")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
