@@ -47,6 +47,12 @@ test: install
 test-fast: install
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
+# The explain API against its own OpenAPI document, long: >= 5,000 generated requests, no 5xx, no schema violation.
+.PHONY: fuzz-api
+fuzz-api: install
+	GLIMPSE_FUZZ_EXAMPLES=$${GLIMPSE_FUZZ_EXAMPLES:-500} $(PY) -m pytest tests/explain_api/test_openapi.py \
+	  -k test_app_conforms_to_its_openapi -q -s -p no:cacheprovider $(PYTEST_ARGS)
+
 bench: install
 	$(VENV)/bin/glimpse bench --out docs/benchmarks.md
 

@@ -8,6 +8,8 @@ It imports only ``glimpse_wire`` (the model contract and the gRPC client) and ``
 - ``service`` (model discovery, predictions, explanations), ``occlusion`` (the black-box occlusion maths), ``video``
   (frame-by-frame explaining and ``glimpse explain-video``): the domain, which raises ``exceptions``.
 - ``errors``: the one table from domain errors to HTTP statuses; ``config``: the one ``ApiConfig``.
+- ``bodies`` (the body limit for every framing), ``budget`` (the memory the requests in flight may hold together),
+  ``allocator`` (glibc's arenas and mmap threshold in each worker): what keeps a worker's memory bounded.
 """
 
 __all__: list[str] = []

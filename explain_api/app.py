@@ -3,8 +3,9 @@
 Blueprints, one module each: ``models`` (``/v1/models`` and the model routes: details, ``:predict``, ``:explain``),
 ``video_routes`` (``:explain-video``), ``page`` (``/`` and ``/static``), ``ops`` (``/healthz``, ``/readyz``,
 ``/metrics``, ``/openapi.json``). They share one ``AppState`` (``context``). The hooks here do what every route needs:
-API keys (bearer auth, except on the open endpoints), CORS, and the request metrics. Errors are translated in one
-handler (``errors``).
+API keys (bearer auth, except on the open endpoints), the body limit for every framing (``bodies``), the memory
+budget's lease of each request (``budget``), CORS, and the request metrics. Errors are translated in one handler
+(``errors``).
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ from typing import Any
 from flask import Flask, Response, g, request
 
 from explain_api import models, ops, page, video_routes
+from explain_api.allocator import release_free_memory
+from explain_api.bodies import BODY_METHODS, buffer_body, declared_length
+from explain_api.budget import MemoryBudget
 from explain_api.config import ApiConfig
-from explain_api.context import EXTENSION, AppState, current_state, state
+from explain_api.context import CONVERTERS, EXTENSION, AppState, current_state, state
 from explain_api.errors import error_response, register_error_handlers
 from explain_api.metrics import ApiMetrics, InstrumentedClient
 from explain_api.service import ModelCatalog
@@ -27,6 +31,8 @@ __all__ = ["AppState", "create_app", "state"]
 
 # Endpoints that never ask for a key: probes, metrics, the page and its assets (the page asks for the key itself).
 _OPEN_ENDPOINTS = frozenset({"ops.healthz", "ops.readyz", "ops.metrics", "page.index", "page.static"})
+# A request whose images held at least this much gives the allocator's free pages back when it ends.
+_TRIM_AFTER_BYTES = 32 * 1024 * 1024
 
 
 def _default_client(config: ApiConfig) -> ServingClient:
@@ -43,9 +49,13 @@ def create_app(config: ApiConfig | None = None, client: Any = None, *, metrics: 
     catalog = ModelCatalog(instrumented, ttl_s=config.metadata_ttl_s, timeout_s=config.timeout_s)
 
     app = Flask(__name__, static_folder=None)
+    app.url_map.converters.update(CONVERTERS)
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.json.sort_keys = False
-    app.extensions[EXTENSION] = AppState(config=config, client=instrumented, catalog=catalog, metrics=metrics)
+    budget = MemoryBudget(config.memory_budget_bytes, wait_s=config.budget_wait_s)
+    app.extensions[EXTENSION] = AppState(
+        config=config, client=instrumented, catalog=catalog, metrics=metrics, budget=budget
+    )
     register_error_handlers(app, retry_after_s=config.retry_after_s)
     app.before_request(_start)
     app.after_request(_finish)
@@ -72,7 +82,8 @@ def _authorized(header: str | None, keys: tuple[str, ...]) -> bool:
 
 
 def _start() -> Response | None:
-    """Count the request in flight; refuse it without a valid key where keys are configured."""
+    """Count the request in flight; refuse it without a valid key where keys are configured; then read a chunked
+    body under the size limit (``bodies``), so that no view ever sees a truncated body."""
     st = current_state()
     g.glimpse_start = time.perf_counter()
     st.metrics.in_flight.inc()
@@ -90,6 +101,15 @@ def _start() -> Response | None:
             "missing or invalid API key; send 'Authorization: Bearer <key>'",
             {"WWW-Authenticate": 'Bearer realm="glimpse"'},
         )
+    if request.method in BODY_METHODS:
+        # The body and what parsing it makes (a JSON text and its decoded images) count against the budget.
+        lease = st.budget.lease()
+        g.glimpse_lease = lease
+        limit = st.config.max_body_bytes
+        length = declared_length(request.environ)
+        lease.grow(2 * (limit if length is None else min(length, limit)))
+        buffer_body(request.environ, limit)
+        lease.resize(2 * (declared_length(request.environ) or 0))
     return None
 
 
@@ -108,11 +128,17 @@ def _finish(response: Response) -> Response:
             response.vary.add("Origin")
     start = g.get("glimpse_start")
     if start is not None:
-        route = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
+        # the rule as users know it (``/v1/models/<name>:explain``), without the converter's name
+        route = request.url_rule.rule.replace("<segment:", "<") if request.url_rule is not None else "<unmatched>"
         st.metrics.observe_request(route, request.method, response.status_code, time.perf_counter() - start)
     return response
 
 
 def _teardown(_: BaseException | None) -> None:
+    lease = g.pop("glimpse_lease", None)
+    if lease is not None:
+        lease.release()
+        if lease.peak - 2 * (declared_length(request.environ) or 0) >= _TRIM_AFTER_BYTES:
+            release_free_memory()  # a large decode is over: back to the warmed size, not its high-water mark
     if g.pop("glimpse_counted", False):
         current_state().metrics.in_flight.dec()

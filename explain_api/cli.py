@@ -132,7 +132,10 @@ def run_api(args: argparse.Namespace) -> int:
         return 2
 
     def factory() -> Any:
+        from explain_api.allocator import tune_allocator
         from explain_api.app import create_app
+
+        tune_allocator()  # in the worker, before its threads start
 
         return create_app(config)
 

@@ -42,7 +42,8 @@ class ApiConfig:
     Environment variables (see ``from_env``): SERVING_ADDRESS, GLIMPSE_DEFAULT_MODEL, GLIMPSE_MODELS (more model
     names for ``GET /v1/models``, comma-separated), GLIMPSE_API_KEYS (comma-separated bearer keys; empty = no auth),
     GLIMPSE_CORS_ORIGINS (comma-separated origins or ``*``; empty = CORS off), GLIMPSE_MAX_BODY_BYTES,
-    GLIMPSE_MAX_PIXELS, GLIMPSE_MAX_TOTAL_PIXELS, GLIMPSE_MAX_IMAGES, GLIMPSE_TIMEOUT_S, GLIMPSE_TOP_K, and the limits
+    GLIMPSE_MAX_PIXELS, GLIMPSE_MAX_TOTAL_PIXELS, GLIMPSE_MAX_IMAGES, GLIMPSE_MAX_DECODE_BYTES, GLIMPSE_MAX_IMAGE_SIDE,
+    GLIMPSE_MEMORY_BUDGET_BYTES, GLIMPSE_BUDGET_WAIT_S, GLIMPSE_TIMEOUT_S, GLIMPSE_TOP_K, and the limits
     of ``:explain-video``: GLIMPSE_VIDEO_MAX_FRAMES, GLIMPSE_VIDEO_MAX_SECONDS, GLIMPSE_VIDEO_MAX_FRAME_PIXELS,
     GLIMPSE_VIDEO_MAX_BYTES (``0`` = no limit).
     """
@@ -56,6 +57,17 @@ class ApiConfig:
     max_pixels: int = 40_000_000
     max_total_pixels: int = 120_000_000  # all images of one request together
     max_images: int = 16
+    # What decoding one image may allocate (Pillow's buffer: 1 byte per pixel for 1-bit, grey and palette images, 2
+    # for 16-bit grey, 4 for the rest; JPEGs are decoded at a reduced scale first). Bounds memory where max_pixels
+    # alone does not: 40 MP of RGBA is 160 MB.
+    max_decode_bytes: int = 128 * _MB
+    # The longer side of the pixels kept per image: overlays and grids are drawn at most this large, and the model
+    # (which resizes to its input size) never needs more.
+    max_image_side: int = 1024
+    # The bytes that the requests in flight may hold together (bodies, decodes, kept pixels, rendering); a request
+    # waits up to budget_wait_s for room, then gets a 503 with Retry-After.
+    memory_budget_bytes: int = 256 * _MB
+    budget_wait_s: float = 2.0
     timeout_s: float = 30.0
     top_k: int = 5
     # How long model metadata (input size, labels, signatures) is reused per (model, version, label).
@@ -78,13 +90,20 @@ class ApiConfig:
             raise ConfigError("serving_address must be HOST:PORT")
         for name in (
             "max_body_bytes", "max_pixels", "max_total_pixels", "max_images", "top_k", "max_message_bytes",
-            "retry_after_s",
+            "retry_after_s", "max_decode_bytes", "max_image_side", "memory_budget_bytes",
         ):  # fmt: skip
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         for name in ("timeout_s", "readiness_timeout_s"):
             if float(getattr(self, name)) <= 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if self.budget_wait_s < 0:
+            raise ConfigError(f"budget_wait_s must be >= 0, got {self.budget_wait_s!r}")
+        if self.memory_budget_bytes < self.max_decode_bytes:
+            raise ConfigError(
+                f"memory_budget_bytes ({self.memory_budget_bytes}) must be at least max_decode_bytes "
+                f"({self.max_decode_bytes}): one image must fit"
+            )
         if self.metadata_ttl_s < 0:
             raise ConfigError(f"metadata_ttl_s must be >= 0, got {self.metadata_ttl_s!r}")
         if self.serving_size_factor < 1:
@@ -133,6 +152,10 @@ class ApiConfig:
             "GLIMPSE_MAX_PIXELS": ("max_pixels", int),
             "GLIMPSE_MAX_TOTAL_PIXELS": ("max_total_pixels", int),
             "GLIMPSE_MAX_IMAGES": ("max_images", int),
+            "GLIMPSE_MAX_DECODE_BYTES": ("max_decode_bytes", int),
+            "GLIMPSE_MAX_IMAGE_SIDE": ("max_image_side", int),
+            "GLIMPSE_MEMORY_BUDGET_BYTES": ("memory_budget_bytes", int),
+            "GLIMPSE_BUDGET_WAIT_S": ("budget_wait_s", float),
             "GLIMPSE_TIMEOUT_S": ("timeout_s", float),
             "GLIMPSE_TOP_K": ("top_k", int),
         }

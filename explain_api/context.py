@@ -2,7 +2,9 @@
 
 ``create_app`` builds one ``AppState`` and keeps it in ``app.extensions``; views reach it through ``current_state()``
 (Flask's ``current_app``), so no blueprint imports the app module. ``MODEL_PATHS`` are the three ways a route names a
-model (latest, a version, a version label) and ``model_ref`` turns a route's arguments into a ``ModelRef``.
+model (latest, a version, a version label) and ``model_ref`` turns a route's arguments into a ``ModelRef``. A model
+name or label in a path never contains ``:`` (the ``segment`` converter), so ``GET .../tiny:explain`` is the
+``:explain`` route with the wrong method (405, ``Allow: POST``), not the details of a model named ``tiny:explain``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import Blueprint, Flask, current_app
+from werkzeug.routing import BaseConverter
 
+from explain_api.budget import MemoryBudget
 from explain_api.config import ApiConfig
 from explain_api.exceptions import InvalidParameter
 from explain_api.metrics import ApiMetrics
@@ -20,8 +24,10 @@ from explain_api.service import ModelCatalog, parse_version_label
 from glimpse_wire.client import ModelRef
 
 __all__ = [
+    "CONVERTERS",
     "EXTENSION",
     "MODEL_PATHS",
+    "SegmentConverter",
     "AppState",
     "add_model_route",
     "current_state",
@@ -32,22 +38,34 @@ __all__ = [
 
 # Key of the state in ``app.extensions``.
 EXTENSION = "glimpse"
+
+
+class SegmentConverter(BaseConverter):
+    """One path segment without ``:`` (which starts a route's verb, as in ``:explain``)."""
+
+    regex = "[^/:]+"
+
+
+# URL converters the model routes use; ``create_app`` installs them before registering the blueprints.
+CONVERTERS: dict[str, type[BaseConverter]] = {"segment": SegmentConverter}
 MODEL_PATHS: tuple[str, ...] = (
-    "/v1/models/<name>",
-    "/v1/models/<name>/versions/<int:version>",
-    "/v1/models/<name>/labels/<label>",
+    "/v1/models/<segment:name>",
+    "/v1/models/<segment:name>/versions/<int:version>",
+    "/v1/models/<segment:name>/labels/<segment:label>",
 )
 _MAX_VERSION = 2**63 - 1
 
 
 @dataclass(frozen=True)
 class AppState:
-    """What the views share: settings, the (instrumented) serving client, the model catalog, the metrics."""
+    """What the views share: settings, the (instrumented) serving client, the model catalog, the metrics, the memory
+    budget of the requests in flight."""
 
     config: ApiConfig
     client: Any
     catalog: ModelCatalog
     metrics: ApiMetrics
+    budget: MemoryBudget
 
 
 def state(app: Flask) -> AppState:

@@ -3,10 +3,11 @@
 Every failure leaves the API as ``{"error": {"code", "message"}}``. ``ERROR_TABLE`` maps the domain errors to a
 status and a code word: the rendering package's (``rendering.errors``: bad or too large images and videos), the
 service's own (``explain_api.exceptions``: bad parameters, unknown methods, too much work, unsupported models, bad
-model outputs) and the model server's (``glimpse_wire.errors.ServingError``, by its gRPC code, with the wire package's
-gRPC -> HTTP statuses; UNAVAILABLE adds ``Retry-After``). ``ApiError`` is for the HTTP layer's own refusals (request
-parsing, routes), which carry their status. Werkzeug's HTTP exceptions (404, 405, 413 from the body limit, ...) get
-the same shape. Anything else is a 500 with a generic message (and a log line).
+model outputs, bodies over the limit, a full memory budget) and the model server's
+(``glimpse_wire.errors.ServingError``, by its gRPC code, with the wire package's gRPC -> HTTP statuses). Every 503
+carries ``Retry-After``. ``ApiError`` is for the HTTP layer's own refusals (request parsing, routes), which carry
+their status. Werkzeug's HTTP exceptions (404, 405, 413 from the body limit, ...) get the same shape. Anything else
+is a 500 with a generic message (and a log line).
 """
 
 from __future__ import annotations
@@ -18,7 +19,15 @@ from types import MappingProxyType
 from flask import Flask, Response, current_app, jsonify
 from werkzeug.exceptions import HTTPException
 
-from explain_api.exceptions import BadModelOutput, InvalidParameter, TooMuchWork, UnknownMethod, UnsupportedModel
+from explain_api.exceptions import (
+    BadModelOutput,
+    InvalidParameter,
+    Overloaded,
+    RequestTooLarge,
+    TooMuchWork,
+    UnknownMethod,
+    UnsupportedModel,
+)
 from glimpse_wire.errors import CODES, HTTP_STATUS, ServingError
 from rendering.errors import ImageTooLarge, InvalidImage, InvalidVideo, UnsupportedFormat, VideoTooLarge
 
@@ -71,6 +80,8 @@ ERROR_TABLE: Mapping[type[Exception] | str, tuple[int, str]] = MappingProxyType(
         TooMuchWork: (400, "INVALID_ARGUMENT"),
         UnsupportedModel: (422, "UNPROCESSABLE"),
         BadModelOutput: (502, "BAD_GATEWAY"),
+        RequestTooLarge: (413, "PAYLOAD_TOO_LARGE"),
+        Overloaded: (503, "UNAVAILABLE"),
         # glimpse_wire.errors.ServingError by gRPC code: the wire package's status, the code itself as the word
         **{code: (HTTP_STATUS.get(code, 500), code) for code in CODES if code != "OK"},
     }
@@ -121,9 +132,10 @@ def error_response(status: int, code: str, message: str, headers: Mapping[str, s
 def _domain_error_response(error: Exception, status: int, code: str, retry_after_s: int) -> Response:
     message = str(getattr(error, "message", "") or str(error) or code)
     headers: dict[str, str] = {}
+    if status == 503:
+        headers["Retry-After"] = str(retry_after_s)
     if isinstance(error, ServingError):
         if status == 503:
-            headers["Retry-After"] = str(retry_after_s)
             message = f"model server unavailable: {message}"
         elif code == "DEADLINE_EXCEEDED":
             message = f"model server deadline exceeded: {message}"

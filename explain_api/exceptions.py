@@ -9,6 +9,8 @@
 - ``TooMuchWork``: a request that would cost more model calls than allowed (e.g. too many occlusion patches).
 - ``UnsupportedModel``: the model cannot do what was asked (no image input, no signature for the method).
 - ``BadModelOutput``: the model server answered with outputs of the wrong shape or type (its fault, not the user's).
+- ``RequestTooLarge``: a request body over the body limit, whether it declared its length or came chunked.
+- ``Overloaded``: the images in flight already use the process's memory budget; the request may be sent again later.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ __all__ = [
     "BadModelOutput",
     "ExplainError",
     "InvalidParameter",
+    "Overloaded",
+    "RequestTooLarge",
     "TooMuchWork",
     "UnknownMethod",
     "UnsupportedModel",
@@ -52,3 +56,11 @@ class UnsupportedModel(ExplainError):
 
 class BadModelOutput(ExplainError):
     """The model server returned outputs that do not match the model contract."""
+
+
+class RequestTooLarge(ExplainError):
+    """A request body over ``ApiConfig.max_body_bytes`` (declared or sent chunked)."""
+
+
+class Overloaded(ExplainError):
+    """The decoded images in flight fill the memory budget (``ApiConfig.max_decode_bytes_in_flight``): try later."""

@@ -9,9 +9,10 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, g, jsonify, request
 
 from explain_api import payloads, service
+from explain_api.budget import image_reservations
 from explain_api.context import AppState, add_model_route, current_state, model_ref, version_entries
 from explain_api.parsing import ImageRequest, parse_image_request
 from glimpse_wire.errors import ServingError
@@ -36,9 +37,20 @@ def _png(data: bytes, headers: dict[str, str]) -> Response:
 
 
 def _decoded(req: ImageRequest, st: AppState) -> list[DecodedImage]:
+    """The request's images, decoded within the per-image and the process's memory limits (``budget``)."""
+    config = st.config
     for blob in req.blobs:
         st.metrics.observe_image(len(blob))
-    return decode_images(req.blobs, max_pixels=st.config.max_pixels, max_total_pixels=st.config.max_total_pixels)
+    lease = g.get("glimpse_lease")
+    if lease is None:
+        lease = g.glimpse_lease = st.budget.lease()
+    return decode_images(
+        req.blobs,
+        max_pixels=config.max_pixels,
+        max_total_pixels=config.max_total_pixels,
+        max_side=config.max_image_side,
+        reserve=image_reservations(lease, max_decode_bytes=config.max_decode_bytes, max_side=config.max_image_side),
+    )
 
 
 @blueprint.get("/v1/models")

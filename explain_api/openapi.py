@@ -23,7 +23,7 @@ _ERROR_STATUSES = {
     "415": "Unsupported content type.",
     "422": "The model cannot answer this method (re-export with `glimpse export`).",
     "502": "The model server answered something unusable.",
-    "503": "Model server unavailable (see Retry-After).",
+    "503": "Model server unavailable, or the memory budget of the images in flight is full (see Retry-After).",
     "504": "Model server deadline exceeded.",
 }
 

@@ -121,7 +121,7 @@ def explain_json(
         else:
             overlay = encode_jpeg(explanation_picture(item, image, colormap=colormap))  # a preview: JPEG
             entry.update({"heatmap": _heatmap_json(item, image, heatmap_size), "overlay_jpeg": _b64(overlay)})
-        entry["image"] = {"width": image.width, "height": image.height, "format": image.format}
+        entry["image"] = {"width": image.source_width, "height": image.source_height, "format": image.format}
         results.append(entry)
     return {
         "model": model_json(outcome.name, outcome.version),

@@ -49,6 +49,8 @@ __all__ = [
     "Prediction",
     "ServingClientLike",
     "build_model_info",
+    "check_activation_layer",
+    "count_activation_layers",
     "explain_images",
     "parse_version_label",
     "predict_images",
@@ -251,6 +253,7 @@ class ModelCatalog:
         self._clock = clock
         self._lock = threading.Lock()
         self._entries: dict[ModelRef, tuple[float, ModelInfo]] = {}
+        self._layer_counts: dict[tuple[str, int | None], int] = {}
 
     def get(self, ref: ModelRef) -> ModelInfo:
         now = self._clock()
@@ -263,6 +266,19 @@ class ModelCatalog:
             self._entries[ref] = (now, info)
         return info
 
+    def activation_layer_count(self, info: ModelInfo, ref: ModelRef) -> int:
+        """How many layers ``explain_activations`` of this version can show (its model card's activation_layers),
+        learned once per version from the signature itself (``count_activation_layers``) and kept: a version's
+        graph never changes."""
+        key = (info.name, info.version)
+        with self._lock:
+            known = self._layer_counts.get(key)
+        if known is None or info.version is None:
+            known = count_activation_layers(self._client, info, ref, timeout_s=self._timeout_s)
+            with self._lock:
+                self._layer_counts[key] = known
+        return known
+
     def invalidate(self, name: str | None = None) -> None:
         with self._lock:
             if name is None:
@@ -270,6 +286,72 @@ class ModelCatalog:
             else:
                 for ref in [r for r in self._entries if r.name == name]:
                     del self._entries[ref]
+
+
+_MAX_LAYER = int(next(p.maximum or 255 for p in c.METHOD_PARAMS[c.ACTIVATIONS_METHOD] if p.name == "layer"))
+
+
+def count_activation_layers(
+    client: ServingClientLike, info: ModelInfo, ref: ModelRef, *, timeout_s: float | None = None
+) -> int:
+    """The number of layers the model's ``explain_activations`` can show. A remote client cannot read the model
+    card, so the signature is asked: an 8x8 grey probe with ``layer=k`` succeeds exactly when k < the count (the
+    graph refuses larger indices with INVALID_ARGUMENT). Galloping then bisecting: about 2 log2(count) + 2 tiny
+    calls, made once per version."""
+
+    def accepts(layer: int) -> bool:
+        try:
+            client.explain(
+                ref.name,
+                c.ACTIVATIONS_METHOD,
+                [_probe_png()],
+                class_index=[-1],
+                params={"layer": layer},
+                timeout_s=timeout_s,
+                **_pinned(info, ref),
+            )
+        except ServingError as e:
+            if e.code in ("INVALID_ARGUMENT", "OUT_OF_RANGE", "FAILED_PRECONDITION"):
+                return False
+            raise
+        return True
+
+    if not accepts(0):
+        return 0
+    good, bad = 0, None  # accepts(good) is True; accepts(bad) is False
+    step = 1
+    while bad is None:
+        candidate = min(good + step, _MAX_LAYER)
+        if accepts(candidate):
+            good = candidate
+            if candidate >= _MAX_LAYER:
+                return good + 1
+            step *= 2
+        else:
+            bad = candidate
+    while bad - good > 1:
+        middle = (good + bad) // 2
+        if accepts(middle):
+            good = middle
+        else:
+            bad = middle
+    return good + 1
+
+
+def check_activation_layer(layer: int, count: int) -> None:
+    """``InvalidParameter`` in plain words when ``layer`` is not -1 or an index below ``count``."""
+    if layer == -1 or 0 <= layer < count:
+        return
+    if count <= 0:
+        raise InvalidParameter(
+            f"layer {layer} does not exist: this model shows only its Grad-CAM layer; use layer=-1 (the default)"
+        )
+    which = "layer 0" if count == 1 else f"layers 0 to {count - 1}"
+    raise InvalidParameter(
+        f"layer {layer} does not exist: this model has {count} activation layer{'s' if count != 1 else ''} "
+        f"({which}, in the order of its model card's activation_layers); layer must be -1 (the Grad-CAM layer) "
+        f"or in [0, {count - 1}]"
+    )
 
 
 # ----------------------------------------------------------------------------------------------------- validation
@@ -579,6 +661,8 @@ def explain_images(
     if method in info.methods:
         params = validate_params(method, spec.params)
         target = resolve_target(info, spec.class_index, spec.label)
+        if method == c.ACTIVATIONS_METHOD and int(params["layer"]) != -1:
+            check_activation_layer(int(params["layer"]), catalog.activation_layer_count(info, ref))
         return _explain_in_graph(
             client,
             info,

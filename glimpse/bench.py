@@ -1,7 +1,8 @@
 """`glimpse bench`: every benchmark, measured side by side in one run, printed as ratios.
 
 Each suite returns rows ``{"name", "ours_s", "baseline_s", "ratio", "note"}`` where ``ratio = ours / baseline``
-(below 1 means Glimpse is faster, unless the note says otherwise). ``--out`` also writes them as Markdown with the
+(below 1 means Glimpse is faster, unless the note says otherwise); a row whose figure is not a time (a memory size,
+a percentage) gives it as text in ``"ours"`` instead. ``--out`` also writes them as Markdown with the
 machine they ran on.
 """
 
@@ -69,7 +70,8 @@ def format_rows(suite: str, rows: list[dict[str, Any]]) -> list[str]:
     for r in rows:
         ratio = r.get("ratio")
         ratio_s = f"{ratio:.3f}x" if isinstance(ratio, (int, float)) else str(ratio or "")
-        ours, base = _fmt_s(r.get("ours_s")), _fmt_s(r.get("baseline_s"))
+        # a row may give its figure as text ("ours": "212 MB") where it is not a time
+        ours, base = r.get("ours") or _fmt_s(r.get("ours_s")), _fmt_s(r.get("baseline_s"))
         lines.append(f"| {r['name']} | {ours} | {base} | {ratio_s} | {r.get('note', '')} |")
     return lines + [""]
 

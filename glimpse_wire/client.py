@@ -1,6 +1,8 @@
 """A TensorFlow-free gRPC client for TF Serving and ``glimpse serve``.
 
-One channel per client, safe to share between threads. Every call carries a deadline (``timeout_s``, default from
+One channel per client, safe to share between threads. The channel reconnects quickly after the server comes back
+(reconnect backoff capped at ``ClientConfig.reconnect_backoff_max_s``, default 1 s, instead of gRPC's 120 s; a
+restarted model server is used again within about a second). Every call carries a deadline (``timeout_s``, default from
 :class:`ClientConfig`) that bounds the whole call, retries included; only UNAVAILABLE is retried, with exponential
 backoff. Every ``grpc.RpcError`` becomes the typed :class:`~glimpse_wire.errors.ServingError` of its status code.
 Bad arguments raise ValueError/TypeError before anything is sent.
@@ -79,14 +81,16 @@ _MAX_BACKOFF_S = 5.0
 @dataclass(frozen=True)
 class ClientConfig:
     """Where and how to call: ``address`` host:port, default deadline, UNAVAILABLE retries (after the first try),
-    first backoff (doubling), and the gRPC message-size limit both ways (TF Serving's default 4 MiB is too small
-    for a batch of images)."""
+    first backoff (doubling), the gRPC message-size limit both ways (TF Serving's default 4 MiB is too small
+    for a batch of images), and the longest wait between the channel's reconnection attempts while the server is
+    down (gRPC's own default grows to 120 s, so a restarted server would stay unused for up to two minutes)."""
 
     address: str = "localhost:8500"
     timeout_s: float = 10.0
     retries: int = 3
     backoff_s: float = 0.1
     max_message_bytes: int = 64 * 2**20
+    reconnect_backoff_max_s: float = 1.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.address, str) or not self.address.strip():
@@ -107,6 +111,25 @@ class ClientConfig:
             or not 0 < self.max_message_bytes <= 2**31 - 1
         ):
             raise ValueError(f"max_message_bytes must be an int in [1, 2**31 - 1], got {self.max_message_bytes!r}")
+        if not _positive(self.reconnect_backoff_max_s) or self.reconnect_backoff_max_s > 3600:
+            raise ValueError(
+                f"reconnect_backoff_max_s must be in (0, 3600] seconds, got {self.reconnect_backoff_max_s!r}"
+            )
+
+    def channel_options(self) -> list[tuple[str, int]]:
+        """The options of the channel the client opens: message limits both ways, and a reconnect backoff that starts
+        at 100 ms (or the cap, if lower) and never exceeds ``reconnect_backoff_max_s``."""
+        cap_ms = max(1, int(self.reconnect_backoff_max_s * 1000))
+        first_ms = min(100, cap_ms)
+        return [
+            ("grpc.max_send_message_length", self.max_message_bytes),
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+            ("grpc.initial_reconnect_backoff_ms", first_ms),
+            ("grpc.min_reconnect_backoff_ms", first_ms),
+            ("grpc.max_reconnect_backoff_ms", cap_ms),
+            # a host name is resolved again after a failure without waiting gRPC's default 30 s
+            ("grpc.dns_min_time_between_resolutions_ms", cap_ms),
+        ]
 
 
 def _positive(value: Any) -> bool:
@@ -399,11 +422,7 @@ class ServingClient:
             raise TypeError(f"expected an address or a ClientConfig, got {type(address_or_config).__name__}")
         self._owns_channel = channel is None
         if channel is None:
-            limit = self.config.max_message_bytes
-            channel = grpc.insecure_channel(
-                self.config.address,
-                options=[("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)],
-            )
+            channel = grpc.insecure_channel(self.config.address, options=self.config.channel_options())
         self._channel = channel
         self._calls = {
             name: channel.unary_unary(

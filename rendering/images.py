@@ -6,6 +6,13 @@ complete JPEG/PNG/GIF/BMP/WebP image. Accepted images come out as RGB ``uint8`` 
 their displayed orientation (EXIF applied, alpha composited on white, CMYK/16-bit/grey converted), and are
 re-encoded as PNG for the model's ``image_bytes`` input (which decodes JPEG/PNG/GIF/BMP, not WebP).
 
+Memory: Pillow holds a decoded image at 1 (modes 1, L, P), 2 (16-bit grey) or 4 bytes per pixel (everything else),
+so a few kilobytes of PNG can ask for 160 MB. ``inspect_image`` reads the header only and says what decoding will
+cost (``ImageHeader.decode_bytes``), so that a caller can bound the memory of the decodes in flight before it starts
+one. With ``max_side`` the image comes out no larger than needed: a JPEG is decoded at a reduced scale straight away
+(Pillow's ``draft``: the DCT is scaled by 1/2, 1/4 or 1/8), any other format is converted and box-reduced in strips
+of rows, so that only the decoder's own buffer is ever full size.
+
 ``pad_box`` and ``resize_with_pad`` mirror ``tf.image.resize_with_pad``: the geometry that the served model applies to
 its input, needed to undo the padding of a heatmap and to build occluded copies at the model's input size.
 """
@@ -16,22 +23,27 @@ import io
 import math
 import struct
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from rendering.errors import ImageError, ImageTooLarge, InvalidImage, UnsupportedFormat
 
 __all__ = [
     "ALLOWED_FORMATS",
     "DecodedImage",
+    "ImageHeader",
     "PadBox",
+    "decode_bytes_per_pixel",
     "decode_image",
     "decode_images",
     "encode_jpeg",
     "encode_png",
+    "fit_size",
+    "inspect_image",
     "pad_box",
     "resize_with_pad",
     "serving_png",
@@ -52,8 +64,10 @@ class DecodedImage:
     format: str  # Pillow's format id, e.g. "JPEG"
     n_bytes: int  # size of the upload
     # The upload itself when the model decodes it to exactly these pixels (a plain RGB JPEG or PNG, no EXIF
-    # rotation, no transparency): then it is sent as is, not re-encoded.
+    # rotation, no transparency, not shrunk): then it is sent as is, not re-encoded.
     original: bytes | None = field(default=None, repr=False)
+    # (width, height) of the upload as displayed, when ``rgb`` was shrunk to ``max_side``; None = the size of ``rgb``.
+    source_size: tuple[int, int] | None = None
 
     @property
     def height(self) -> int:
@@ -62,6 +76,30 @@ class DecodedImage:
     @property
     def width(self) -> int:
         return int(self.rgb.shape[1])
+
+    @property
+    def source_width(self) -> int:
+        """Width of the upload as displayed (``width`` unless the pixels were shrunk)."""
+        return self.source_size[0] if self.source_size is not None else self.width
+
+    @property
+    def source_height(self) -> int:
+        return self.source_size[1] if self.source_size is not None else self.height
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an upload's header says: its size and mode, and the bytes Pillow will allocate to decode it."""
+
+    format: str
+    mode: str
+    width: int
+    height: int
+    decode_bytes: int  # the decoder's buffer, at the reduced JPEG scale when max_side allows one
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
 
 
 @dataclass(frozen=True)
@@ -82,11 +120,54 @@ def _open(data: bytes) -> Image.Image:
         return Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS))
 
 
-def to_rgb(im: Image.Image) -> Image.Image:
+# Bytes per pixel of Pillow's storage by mode (every mode not listed takes 4).
+_STORAGE_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
+# Rows of the full-size image converted at once while shrinking (times the reduction factor).
+_STRIP_ROWS = 128
+# Bytes per pixel of the shrunk result while it is built (RGB strips, their reductions, the final resize).
+_WORKING_BYTES = 12
+
+
+def decode_bytes_per_pixel(mode: str) -> int:
+    """Bytes per pixel of a decoded image of Pillow ``mode``."""
+    return _STORAGE_BYTES.get(mode, 4)
+
+
+def fit_size(width: int, height: int, max_side: int | None) -> tuple[int, int]:
+    """(width, height) scaled down (aspect kept) so that the longer side is at most ``max_side``."""
+    if max_side is None or max(width, height) <= max_side:
+        return width, height
+    scale = max_side / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def inspect_image(data: bytes, *, max_side: int | None = None) -> ImageHeader | None:
+    """The header of an upload, without decoding its pixels; None when it cannot be read (``decode_image`` then says
+    why). ``decode_bytes`` is the decoder's buffer plus the shrunk copy being built, at the JPEG draft scale that
+    ``decode_image`` will use with the same ``max_side``."""
+    try:
+        with _open(data) as im:
+            fmt, mode, (width, height) = im.format or "?", im.mode, im.size
+            if fmt in ("JPEG", "MPO") and max_side is not None:
+                im.draft("RGB", fit_size(width, height, max_side))
+            stored_w, stored_h = im.size
+            stored_mode = im.mode
+    except Exception:
+        return None
+    out_w, out_h = fit_size(stored_w, stored_h, max_side)
+    cost = stored_w * stored_h * decode_bytes_per_pixel(stored_mode) + out_w * out_h * _WORKING_BYTES
+    return ImageHeader(format=fmt, mode=mode, width=int(width), height=int(height), decode_bytes=int(cost))
+
+
+def to_rgb(im: Image.Image, *, wide: bool | None = None) -> Image.Image:
+    """RGB pixels of any mode: alpha composited on white, 16/32-bit grey scaled to 8 bits (``wide``: whether 32-bit
+    integer grey spans more than 0-255; None = decide from these pixels)."""
     mode = im.mode
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         arr = np.asarray(im, dtype=np.float64)
-        if mode.startswith("I;16") or (mode == "I" and arr.size and arr.max() > 255):
+        if wide is None:
+            wide = mode == "I" and bool(arr.size) and arr.max() > 255
+        if mode.startswith("I;16") or (mode == "I" and wide):
             arr = arr / 257.0
         elif mode == "F" and arr.size and arr.max() <= 1.0:
             arr = arr * 255.0
@@ -104,8 +185,52 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im
 
 
-def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
-    """Validate and decode one image; raises an ``ImageError`` with a message saying what is wrong."""
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _orientation(im: Image.Image) -> int:
+    try:
+        value = im.getexif().get(0x0112, 1)
+        return int(value) if value in _TRANSPOSE else 1
+    except Exception:  # unreadable EXIF: keep the stored orientation rather than reject the photo
+        return 1
+
+
+def _shrunk_rgb(im: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """``im`` (loaded, any mode) as RGB of ``size``: converted and box-reduced in strips of rows, then resized, so
+    that no full-size copy beside the decoder's buffer is ever made."""
+    width, height = im.size
+    factor = max(1, min(width // size[0], height // size[1]))
+    wide = None
+    if im.mode == "I":
+        extrema = im.getextrema()
+        wide = bool(extrema[1] > 255) if isinstance(extrema, tuple) else None
+    if factor == 1:
+        return to_rgb(im, wide=wide).resize(size, Image.Resampling.LANCZOS)
+    reduced = Image.new("RGB", (-(-width // factor), -(-height // factor)))
+    rows = _STRIP_ROWS * factor
+    for top in range(0, height, rows):
+        strip = to_rgb(im.crop((0, top, width, min(height, top + rows))), wide=wide)
+        reduced.paste(strip.reduce(factor), (0, top // factor))
+    if reduced.size == size:
+        return reduced
+    return reduced.resize(size, Image.Resampling.LANCZOS)
+
+
+def decode_image(data: bytes, *, max_pixels: int, max_side: int | None = None) -> DecodedImage:
+    """Validate and decode one image; raises an ``ImageError`` with a message saying what is wrong.
+
+    ``max_side``: the longer side of the pixels returned (aspect kept; ``source_size`` keeps the upload's size);
+    None = full size.
+    """
     if not data:
         raise InvalidImage("empty image: no bytes received")
     try:
@@ -131,13 +256,18 @@ def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
         with _open(data) as im:
             if getattr(im, "n_frames", 1) > 1:
                 im.seek(0)
+            target = fit_size(width, height, max_side)
+            shrink = target != (width, height)
+            if shrink and fmt in ("JPEG", "MPO"):
+                im.draft("RGB", target)  # decode at 1/2, 1/4 or 1/8 scale when that is still >= target
             im.load()
-            plain = _is_plain(im, fmt)
-            try:
-                oriented = ImageOps.exif_transpose(im)
-            except Exception:  # unreadable EXIF: keep the stored orientation rather than reject the photo
-                oriented = im.copy()
-            rgb = np.array(to_rgb(oriented), dtype=np.uint8)
+            plain = not shrink and _is_plain(im, fmt)
+            orientation = _orientation(im)
+            picture = _shrunk_rgb(im, target) if shrink else to_rgb(im)
+            if orientation != 1:
+                picture = picture.transpose(_TRANSPOSE[orientation])
+            rgb = np.array(picture, dtype=np.uint8)
+            del picture
     except ImageError:
         raise
     except Image.DecompressionBombError as e:
@@ -146,7 +276,14 @@ def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
         raise InvalidImage(f"cannot decode {fmt} image (truncated or corrupt): {e}") from e
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
         raise InvalidImage(f"image decoded to an unusable shape {rgb.shape}")
-    return DecodedImage(rgb=rgb, format=fmt, n_bytes=len(data), original=data if plain else None)
+    source = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+    return DecodedImage(
+        rgb=rgb,
+        format=fmt,
+        n_bytes=len(data),
+        original=data if plain else None,
+        source_size=source if shrink else None,
+    )
 
 
 def _is_plain(im: Image.Image, fmt: str) -> bool:
@@ -162,12 +299,18 @@ def _is_plain(im: Image.Image, fmt: str) -> bool:
 
 
 def decode_images(
-    blobs: Sequence[bytes], *, max_pixels: int, max_total_pixels: int | None = None
+    blobs: Sequence[bytes],
+    *,
+    max_pixels: int,
+    max_total_pixels: int | None = None,
+    max_side: int | None = None,
+    reserve: Callable[[ImageHeader | None], Any] | None = None,
 ) -> list[DecodedImage]:
     """Decode several uploads; a failure names the image (``image 2: ...``) when there is more than one.
 
-    ``max_total_pixels`` bounds the pixels of all images together (``ImageTooLarge``), which bounds the request's
-    memory.
+    ``max_total_pixels`` bounds the pixels of all images together (``ImageTooLarge``). ``max_side`` as for
+    ``decode_image``. ``reserve(header)``, when given, is entered as a context manager around each decode (with the
+    header of ``inspect_image``, None for an unreadable one): the caller's memory budget.
     """
     if max_total_pixels is not None and len(blobs) > 1:
         declared = sum(_declared_pixels(blob) for blob in blobs)  # headers only: refuse before decoding anything
@@ -177,7 +320,16 @@ def decode_images(
     total = 0
     for i, blob in enumerate(blobs):
         try:
-            image = decode_image(blob, max_pixels=max_pixels)
+            if reserve is None:
+                image = decode_image(blob, max_pixels=max_pixels, max_side=max_side)
+            else:
+                header = inspect_image(blob, max_side=max_side)
+                if header is not None and header.pixels > max_pixels:
+                    raise ImageTooLarge(
+                        f"image is {header.width}x{header.height} = {header.pixels} pixels; the limit is {max_pixels}"
+                    )
+                with reserve(header):
+                    image = decode_image(blob, max_pixels=max_pixels, max_side=max_side)
         except ImageError as e:
             if len(blobs) > 1:
                 raise type(e)(f"image {i + 1}: {e.message}") from e

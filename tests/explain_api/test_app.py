@@ -86,7 +86,8 @@ def test_openapi_lists_every_route(app, client) -> None:
     for rule in app.url_map.iter_rules():
         if rule.endpoint.rpartition(".")[2] == "static":
             continue
-        path = rule.rule.replace("<int:version>", "{version}").replace("<", "{").replace(">", "}")
+        path = rule.rule.replace("<segment:", "<").replace("<int:version>", "{version}")
+        path = path.replace("<", "{").replace(">", "}")
         assert path in documented, path
 
 
@@ -506,3 +507,30 @@ def test_readyz_without_default_model_on_tf_serving(make_app, fake: FakeServing)
     assert client.get("/readyz").status_code == 200
     fake.failures.append(Unavailable("connection refused"))
     assert client.get("/readyz").status_code == 503
+
+
+@pytest.mark.parametrize("verb", ["GET", "PUT", "DELETE"])
+@pytest.mark.parametrize("path", ["/v1/models/tiny:explain", "/v1/models/tiny/versions/1:explain",
+                                  "/v1/models/tiny/labels/stable:predict"])  # fmt: skip
+def test_wrong_method_on_a_verb_route_is_405_allowing_post(client, fake: FakeServing, verb: str, path: str) -> None:
+    r = client.open(path, method=verb)
+    assert r.status_code == 405 and error_of(r)["code"] == "METHOD_NOT_ALLOWED"
+    assert set(r.headers["Allow"].split(", ")) == {"POST", "OPTIONS"}
+    assert not fake.calls_of("GetModelStatus")  # not taken for a model named "tiny:explain"
+
+
+def test_activations_layer_out_of_range_is_checked_before_the_users_image_is_sent(client, fake: FakeServing) -> None:
+    r = client.post("/v1/models/tiny:explain", **multipart(solid(RED, (30, 20)), method="activations", layer=99))
+    message = error_of(r)["message"]
+    assert r.status_code == 400
+    assert "layer 99 does not exist: this model has 2 activation layers (layers 0 to 1" in message
+    assert "function_node" not in message
+    # the range was learned from the signature by single-image probes, then kept for the version
+    explains = [call for call in fake.calls_of("Predict") if call.signature == "explain_activations"]
+    assert explains and all(call.batch == 1 for call in explains)
+    probes = len(explains)
+    r = client.post("/v1/models/tiny:explain", **multipart(solid(RED), method="activations", layer=5))
+    assert r.status_code == 400 and "layer must be -1 (the Grad-CAM layer) or in [0, 1]" in error_of(r)["message"]
+    assert len([c for c in fake.calls_of("Predict") if c.signature == "explain_activations"]) == probes  # cached
+    ok = client.post("/v1/models/tiny:explain", **multipart(solid(RED), method="activations", layer=1))
+    assert ok.status_code == 200

@@ -7,15 +7,10 @@ from __future__ import annotations
 import base64
 import dataclasses
 import io
-import os
 import re
 import socket
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,93 +21,13 @@ from explain_api import service
 from explain_api.app import create_app, state
 from explain_api.config import ApiConfig
 from glimpse_wire import contract as c
-from glimpse_wire.client import ClientConfig, ModelRef, ServingClient
+from glimpse_wire.client import ModelRef
 from rendering.images import decode_image
-from tests.conftest import _free_port
 from tests.explain_api.browser import chromium, run_page_session, serve_http
+from tests.explain_api.servers import LABEL, Served
 from tests.rendering.conftest import encode
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
-
-ROOT = Path(__file__).resolve().parents[2]
-LABEL = "stable"
-START_TIMEOUT_S = 240.0
-
-
-@dataclass(frozen=True)
-class Served:
-    address: str
-    name: str
-    version: int
-    class_names: tuple[str, ...]
-    config_file: Path
-    port: int
-
-
-def _model_config(name: str, base: Path, version: int) -> str:
-    return (
-        "model_config_list {\n"
-        "  config {\n"
-        f'    name: "{name}"\n'
-        f'    base_path: "{base}"\n'
-        '    model_platform: "tensorflow"\n'
-        f'    version_labels {{ key: "{LABEL}" value: {version} }}\n'
-        "  }\n"
-        "}\n"
-    )
-
-
-def start_serving(config_file: Path, port: int, log: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "serving", "--port", str(port), "--rest_api_port", "0",
-           "--model_config_file", str(config_file), "--allow_version_labels_for_unavailable_models=true"]  # fmt: skip
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
-    with log.open("a") as out:
-        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-
-def wait_available(address: str, name: str, proc: subprocess.Popen, log: Path) -> None:
-    with ServingClient(ClientConfig(address=address, timeout_s=5.0)) as client:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            assert proc.poll() is None, f"glimpse serve exited:\n{log.read_text()[-4000:]}"
-            try:
-                client.wait_until_available(name, timeout_s=5.0)
-                return
-            except Exception as e:
-                if time.monotonic() > deadline:
-                    raise AssertionError(
-                        f"{name} not AVAILABLE in {START_TIMEOUT_S}s:\n{log.read_text()[-4000:]}"
-                    ) from e
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
-@pytest.fixture(scope="session")
-def served(exported_model, tmp_path_factory) -> Iterator[Served]:
-    """One `glimpse serve` for the session, with the exported model and a version label."""
-    tmp = tmp_path_factory.mktemp("served")
-    version = int(Path(exported_model.version_dir).name)
-    base = Path(exported_model.version_dir).parent
-    config_file = tmp / "models.config"
-    config_file.write_text(_model_config(exported_model.name, base, version))
-    port = _free_port()
-    log = tmp / "serving.log"
-    proc = start_serving(config_file, port, log)
-    address = f"127.0.0.1:{port}"
-    try:
-        wait_available(address, exported_model.name, proc, log)
-        yield Served(address, exported_model.name, version, tuple(exported_model.class_names), config_file, port)
-    finally:
-        stop(proc)
-
 
 @pytest.fixture
 def api(served: Served):
@@ -236,6 +151,9 @@ def test_activations_through_the_real_stack(http, served: Served, photos: list[b
     detail = http.get(f"/v1/models/{served.name}").get_json()
     assert c.ACTIVATIONS_METHOD in detail["explain_signatures"]
     shapes = {0: [64, 64, 16], 1: [32, 32, 32], 2: [16, 16, 32], -1: [16, 16, 32]}
+    # the first explicit layer makes the API learn this version's layer range (a few probe calls, once)
+    first = {"image": {"b64": _b64(photos[0])}, "method": "activations", "params": {"layer": 0}}
+    assert http.post(f"/v1/models/{served.name}:explain", json=first).status_code == 200
     for layer, shape in shapes.items():
         before = _grpc_count(http, c.explain_signature(c.ACTIVATIONS_METHOD))
         images = [{"b64": _b64(p)} for p in photos[:3]]
@@ -527,3 +445,12 @@ def test_page_against_the_real_stack(
     methods_ok = len(api.test_client().get(f"/v1/models/{served.name}").get_json()["methods"])
     with serve_http(api) as base, chromium() as browser:
         run_page_session(browser, base, photo, photos[3], labels=labels, methods_ok=methods_ok, tmp_path=tmp_path)
+
+
+def test_activations_layer_out_of_range_in_plain_words(http, served: Served, photos: list[bytes]) -> None:
+    """layer=99 against the real signature: a 400 that gives the range, not TensorFlow's assertion text."""
+    r = http.post(f"/v1/models/{served.name}:explain?method=activations&layer=99", data=photos[0],
+                  content_type="image/png")  # fmt: skip
+    message = r.get_json()["error"]["message"]
+    assert r.status_code == 400 and "function_node" not in message
+    assert message.startswith("layer 99 does not exist: this model has 3 activation layers (layers 0 to 2")

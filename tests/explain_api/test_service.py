@@ -196,7 +196,10 @@ def test_explain_for_a_chosen_label(fake: FakeServing) -> None:
 def test_activations_are_cropped_per_image(fake: FakeServing) -> None:
     images = [_image((255, 0, 0)), _image((0, 0, 200), (40, 40))]
     spec = ExplainSpec(c.ACTIVATIONS_METHOD, {"layer": 0})
-    out = service.explain_images(fake, _catalog(fake), REF, images, spec, top_k=2, budget=2**22)
+    catalog = _catalog(fake)
+    assert catalog.activation_layer_count(catalog.get(REF), REF) == 2  # learned once per version (probe calls)
+    fake.calls.clear()
+    out = service.explain_images(fake, catalog, REF, images, spec, top_k=2, budget=2**22)
     assert out.via == "signature" and out.params == {"layer": 0}
     calls = fake.calls_of("Predict")
     assert len(calls) == 1 and calls[0].batch == 2 and calls[0].signature == "explain_activations"

@@ -30,12 +30,8 @@ from glimpse_wire.client import ModelRef
 from glimpse_wire.errors import InvalidArgument, NotFound, Unavailable
 from rendering.errors import EncoderError, InvalidImage, InvalidVideo, RenderingError, VideoTooLarge
 from rendering.video import VideoLimits, output_format, read_frames
-from tests.explain_api import test_integration as _integration
 from tests.explain_api.fakes import FakeServing
 from tests.rendering.conftest import TUX_STAMPS
-
-# The session's `glimpse serve` with the exported tiny model (defined with the other API integration tests).
-served = _integration.served
 
 ROOT = Path(__file__).resolve().parents[2]
 PHOTO = TUX_STAMPS / "vehicles/emergency/firetruck.png"

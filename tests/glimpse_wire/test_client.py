@@ -412,3 +412,15 @@ def test_explain_image_errors(client: ServingClient, fake: FakeServing) -> None:
     with pytest.raises(TypeError, match="image 0"):
         client.explain(fake.model, "gradcam", ["path.png"])  # type: ignore[list-item]
     assert fake.calls["Predict"] == 0
+
+
+def test_the_channel_reconnects_fast_after_an_outage() -> None:
+    """gRPC's reconnect backoff grows to 120 s by default; the client's channel caps it (1 s by default)."""
+    options = dict(ClientConfig().channel_options())
+    assert options["grpc.max_reconnect_backoff_ms"] == 1000
+    assert options["grpc.initial_reconnect_backoff_ms"] == options["grpc.min_reconnect_backoff_ms"] == 100
+    assert options["grpc.max_send_message_length"] == options["grpc.max_receive_message_length"] == 64 * 2**20
+    assert dict(ClientConfig(reconnect_backoff_max_s=0.05).channel_options())["grpc.initial_reconnect_backoff_ms"] == 50
+    for bad in (0, -1, float("inf"), True, 7200):
+        with pytest.raises(ValueError, match="reconnect_backoff_max_s"):
+            ClientConfig(reconnect_backoff_max_s=bad)

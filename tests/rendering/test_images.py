@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from rendering.errors import ImageError, ImageTooLarge, InvalidImage, UnsupportedFormat
-from rendering.images import decode_image, decode_images, pad_box, resize_with_pad, serving_png
+from rendering.images import decode_image, decode_images, inspect_image, pad_box, resize_with_pad, serving_png
 from tests.rendering.conftest import encode, solid
 
 LIMIT = 40_000_000
@@ -243,3 +243,78 @@ def test_plain_uploads_are_sent_as_they_are(chelsea: np.ndarray, chelsea_jpeg: b
         sent = serving_png(decoded, (300, 300))
         assert sent != data and sent.startswith(b"\x89PNG")
         assert np.array_equal(np.asarray(Image.open(io.BytesIO(sent))), decoded.rgb)
+
+
+# ------------------------------------------------------------------------------------- decoding to what is needed
+
+
+def _one_bit(size: tuple[int, int]) -> bytes:
+    image = Image.new("1", size, 0)
+    image.paste(1, (size[0] // 4, size[1] // 4, 3 * size[0] // 4, 3 * size[1] // 4))
+    return encode(image)
+
+
+def test_inspect_image_says_what_decoding_costs() -> None:
+    header = inspect_image(_one_bit((3000, 2000)), max_side=300)
+    assert header is not None and (header.width, header.height, header.mode) == (3000, 2000, "1")
+    assert header.decode_bytes == 3000 * 2000 * 1 + 300 * 200 * 12  # one byte per pixel, plus the shrunk copy
+    rgba = inspect_image(encode(Image.new("RGBA", (500, 400))))
+    assert rgba is not None and rgba.decode_bytes == 500 * 400 * 4 + 500 * 400 * 12
+    photo = inspect_image(encode(Image.new("RGB", (4000, 3000), (9, 9, 9)), "JPEG"), max_side=500)
+    assert photo is not None and photo.decode_bytes == 500 * 375 * 4 + 500 * 375 * 12  # JPEG drafted at 1/8
+    assert inspect_image(b"not an image") is None
+
+
+def test_max_side_keeps_the_aspect_and_the_picture() -> None:
+    decoded = decode_image(_one_bit((3000, 2000)), max_pixels=10**8, max_side=300)
+    assert decoded.rgb.shape == (200, 300, 3) and (decoded.source_width, decoded.source_height) == (3000, 2000)
+    assert decoded.original is None  # shrunk pixels are what the model gets, never the full-size upload
+    assert decoded.rgb[100, 150].tolist() == [255, 255, 255] and decoded.rgb[10, 10].tolist() == [0, 0, 0]
+    small = decode_image(solid((10, 20, 30), (60, 40)), max_pixels=10**8, max_side=300)
+    assert small.rgb.shape == (40, 60, 3) and small.source_size is None and small.original is not None
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "P", "I;16", "LA", "CMYK"])
+def test_shrinking_converts_every_mode_like_full_size(mode: str) -> None:
+    base = Image.new("RGB", (640, 480), (200, 40, 40))
+    base.paste((20, 40, 200), (320, 0, 640, 480))
+    image = base.convert("L").convert(mode) if mode in ("I;16", "LA") else base.convert(mode)
+    data = encode(image, "JPEG" if mode == "CMYK" else "PNG")
+    full = decode_image(data, max_pixels=10**8)
+    shrunk = decode_image(data, max_pixels=10**8, max_side=160)
+    assert shrunk.rgb.shape == (120, 160, 3)
+    expected = np.asarray(Image.fromarray(full.rgb).resize((160, 120), Image.Resampling.BOX), dtype=np.int16)
+    assert np.abs(shrunk.rgb[:, 20:60].astype(np.int16) - expected[:, 20:60]).max() <= 6
+    assert np.abs(shrunk.rgb[:, 100:140].astype(np.int16) - expected[:, 100:140]).max() <= 6
+
+
+def test_exif_rotation_is_applied_to_the_shrunk_pixels() -> None:
+    image = Image.new("RGB", (800, 400), (255, 0, 0))
+    image.paste((0, 0, 255), (0, 0, 400, 400))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", exif=exif.tobytes())
+    decoded = decode_image(buffer.getvalue(), max_pixels=10**8, max_side=200)
+    assert decoded.rgb.shape == (200, 100, 3) and (decoded.source_width, decoded.source_height) == (400, 800)
+    assert decoded.rgb[20, 50, 2] > 200 and decoded.rgb[180, 50, 0] > 200  # blue on top after the rotation
+
+
+def test_decode_images_enters_the_reservation_around_each_decode() -> None:
+    seen = []
+
+    class _Reserve:
+        def __init__(self, header) -> None:
+            self.header = header
+
+        def __enter__(self) -> None:
+            seen.append(("enter", self.header.width))
+
+        def __exit__(self, *exc: object) -> None:
+            seen.append(("exit", self.header.width))
+
+    blobs = [solid((1, 2, 3), (30, 20)), solid((1, 2, 3), (50, 20))]
+    decode_images(blobs, max_pixels=10**6, reserve=_Reserve)
+    assert seen == [("enter", 30), ("exit", 30), ("enter", 50), ("exit", 50)]
+    with pytest.raises(ImageTooLarge, match="image 2: image is 50x20"):
+        decode_images(blobs, max_pixels=999, reserve=_Reserve)
