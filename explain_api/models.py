@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 from flask import Blueprint, Response, g, jsonify, request
 
-from explain_api import payloads, service
+from explain_api import kserve, payloads, service
 from explain_api.budget import image_reservations
 from explain_api.context import AppState, add_model_route, current_state, model_ref, version_entries
 from explain_api.parsing import ImageRequest, parse_image_request
@@ -84,6 +84,7 @@ def model_detail(name: str, version: int | None = None, label: str | None = None
             "labels": list(info.labels),
             "num_classes": info.num_classes,
             "methods": list(info.available_methods),
+            "default_method": info.default_method,
             "explain_signatures": list(info.methods),
             "blackbox_methods": list(info.fallback_methods),
             "input": {"height": info.input_size[0], "width": info.input_size[1]} if info.input_size else None,
@@ -92,11 +93,19 @@ def model_detail(name: str, version: int | None = None, label: str | None = None
     )
 
 
+def _image_request(kind: str, max_images: int) -> tuple[ImageRequest, kserve.V1Request | None]:
+    """The request's images and options; a KServe v1 body (``{"instances": [...]}``) also gives its mapping back."""
+    body = request.get_json(silent=True) if request.is_json else None
+    if kserve.is_v1_body(body):
+        return kserve.image_request(body, kind=kind, max_images=max_images, query_string=request.query_string)
+    return parse_image_request(request, kind=kind, max_images=max_images), None
+
+
 def predict(name: str, version: int | None = None, label: str | None = None) -> Response:
     st = current_state()
     config = st.config
     ref = model_ref(name, version, label)
-    req = parse_image_request(request, kind="predict", max_images=config.max_images)
+    req, v1 = _image_request("predict", config.max_images)
     images = _decoded(req, st)
     outcome = service.predict_images(
         st.client,
@@ -108,14 +117,15 @@ def predict(name: str, version: int | None = None, label: str | None = None) -> 
         timeout_s=config.timeout_s,
         size_factor=config.serving_size_factor,
     )
-    return jsonify(payloads.predict_json(outcome))
+    answer = payloads.predict_json(outcome)
+    return jsonify(kserve.to_v1_predict(answer, v1.keys) if v1 is not None else answer)
 
 
 def explain(name: str, version: int | None = None, label: str | None = None) -> Response:
     st = current_state()
     config = st.config
     ref = model_ref(name, version, label)
-    req = parse_image_request(request, kind="explain", max_images=config.max_images)
+    req, v1 = _image_request("explain", config.max_images)
     images = _decoded(req, st)
     spec = service.ExplainSpec(method=req.method, params=req.params, class_index=req.class_index, label=req.label)
     outcome = service.explain_images(
@@ -144,7 +154,8 @@ def explain(name: str, version: int | None = None, label: str | None = None) -> 
                 **payloads.png_headers(first),
             },
         )
-    return jsonify(payloads.explain_json(outcome, images, heatmap_size=req.heatmap_size, colormap=req.colormap))
+    answer = payloads.explain_json(outcome, images, heatmap_size=req.heatmap_size, colormap=req.colormap)
+    return jsonify(kserve.to_v1_explain(answer, v1.keys) if v1 is not None else answer)
 
 
 add_model_route(blueprint, "", model_detail, ["GET"])

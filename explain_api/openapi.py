@@ -28,6 +28,11 @@ _ERROR_STATUSES = {
 }
 
 
+_METHOD_DEFAULT = (
+    f"explanation method; default: the model's default_method ({c.DEFAULT_EXPLAIN_METHOD} where the version exports "
+    "it, else gradcam, else occlusion)"
+)
+
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": _REF + name}
 
@@ -133,7 +138,7 @@ def _schemas() -> dict[str, Any]:
             "properties": {
                 "image": _ref("ImageB64"),
                 "images": {"type": "array", "items": _ref("ImageB64")},
-                "method": {"type": "string", "enum": list(c.EXPLAIN_METHODS), "default": "gradcam"},
+                "method": {"type": "string", "enum": list(c.EXPLAIN_METHODS), "description": _METHOD_DEFAULT},
                 "target": {
                     "type": "object",
                     "additionalProperties": False,
@@ -376,7 +381,7 @@ def _image_operation(kind: str, explain: bool, secured: list[dict[str, Any]]) ->
 def _video_operation(kind: str, secured: list[dict[str, Any]]) -> dict[str, Any]:
     binary = {"type": "string", "format": "binary"}
     options: dict[str, Any] = {
-        "method": {"type": "string", "enum": list(c.EXPLAIN_METHODS), "default": "gradcam"},
+        "method": {"type": "string", "enum": list(c.EXPLAIN_METHODS), "description": _METHOD_DEFAULT},
         "class_index": {"type": "integer", "minimum": -1},
         "label": {"type": "string"},
         "format": {"type": "string", "enum": list(OUTPUT_FORMATS), "description": "Default: from Accept, else mp4."},

@@ -51,7 +51,7 @@ class ImageRequest:
     """The uploads and the checked options of one request."""
 
     blobs: tuple[bytes, ...]
-    method: str = "gradcam"
+    method: str | None = None  # None: the model's default method (service.ModelInfo.default_method)
     params: dict[str, Any] = field(default_factory=dict)
     class_index: Any = None
     label: Any = None
@@ -219,8 +219,8 @@ def parse_image_request(request: Request, *, kind: str, max_images: int) -> Imag
 
 
 def _build(blobs: list[bytes], options: dict[str, Any]) -> ImageRequest:
-    method = options.get("method", "gradcam")
-    if not isinstance(method, str):
+    method = options.get("method")
+    if method is not None and not isinstance(method, str):
         raise ApiError(400, f"method must be a string, got {method!r}")
     fmt = options.get("format")
     if fmt is not None and fmt not in FORMATS:

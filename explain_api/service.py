@@ -85,6 +85,9 @@ _LABEL_RE = re.compile(r"^[A-Za-z0-9_]+$")
 # ---------------------------------------------------------------------------------------------------------- models
 
 
+# What a request without ``method`` gets, in order of preference (ModelInfo.default_method).
+_DEFAULT_METHOD_ORDER: tuple[str, ...] = (c.DEFAULT_EXPLAIN_METHOD, "gradcam", "occlusion")
+
 @dataclass(frozen=True)
 class PixelSignature:
     """A signature that takes float pixels [B,H,W,3] and returns class probabilities [B,C]."""
@@ -119,6 +122,13 @@ class ModelInfo:
     def available_methods(self) -> tuple[str, ...]:
         have = set(self.methods) | set(self.fallback_methods)
         return tuple(m for m in c.EXPLAIN_METHODS if m in have)
+
+    @property
+    def default_method(self) -> str | None:
+        """The method a request without ``method`` gets: the contract's default where this version exports it (older
+        exports and plain TF Serving models may not), else Grad-CAM, else occlusion; None if it answers none."""
+        available = self.available_methods
+        return next((m for m in _DEFAULT_METHOD_ORDER if m in available), available[0] if available else None)
 
     def label_of(self, index: int) -> str:
         if 0 <= index < len(self.labels):
@@ -364,8 +374,10 @@ def parse_version_label(label: str | None) -> str | None:
     return label
 
 
-def validate_method(method: Any) -> str:
-    """A known explanation method name, else ``UnknownMethod`` listing them."""
+def validate_method(method: Any) -> str | None:
+    """A known explanation method name (None: the model's default, resolved per model), else ``UnknownMethod``."""
+    if method is None:
+        return None
     if not isinstance(method, str) or method not in c.EXPLAIN_METHODS:
         raise UnknownMethod(f"unknown method {method!r}; allowed: {', '.join(c.EXPLAIN_METHODS)}")
     return method
@@ -604,7 +616,7 @@ def predict_images(
 class ExplainSpec:
     """What to explain, as the request said it (validated against the model in ``explain_images``)."""
 
-    method: str = "gradcam"
+    method: str | None = None  # None: the model's default_method
     params: Mapping[str, Any] = field(default_factory=dict)
     class_index: Any = None
     label: Any = None
@@ -658,6 +670,10 @@ def explain_images(
     """Explain each image with ``spec.method``: in one batched explain_<method> call, or black-box occlusion."""
     method = validate_method(spec.method)
     info = catalog.get(ref)
+    if method is None:
+        method = info.default_method
+        if method is None:
+            raise UnsupportedModel(f"model {ref.name} (version {info.version}) answers no explanation method")
     if method in info.methods:
         params = validate_params(method, spec.params)
         target = resolve_target(info, spec.class_index, spec.label)

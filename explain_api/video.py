@@ -282,7 +282,9 @@ def configure_explain_video(parser: argparse.ArgumentParser) -> None:
     version = parser.add_mutually_exclusive_group()
     version.add_argument("--model-version", type=int, default=None, help="model version (default: latest)")
     version.add_argument("--version-label", default=None, help="model version label, e.g. stable")
-    parser.add_argument("--method", default="gradcam", choices=c.EXPLAIN_METHODS, help="explanation method")
+    parser.add_argument("--method", default=None, choices=c.EXPLAIN_METHODS,
+                        help=f"explanation method (default: the model's default, {c.DEFAULT_EXPLAIN_METHOD} where "
+                             "exported, else gradcam)")
     target = parser.add_mutually_exclusive_group()
     target.add_argument("--class-index", type=int, default=None, help="class to explain (default: each frame's top)")
     target.add_argument("--target-label", default=None, help="class to explain, by label")

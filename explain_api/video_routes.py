@@ -2,12 +2,13 @@
 
 The body is the video itself (``video/*``, ``image/gif`` or ``application/octet-stream``, options as query
 parameters) or ``multipart/form-data`` with the file in the field ``video`` and options as form fields. Options:
-``method`` (default gradcam), ``class_index`` or ``label`` (the class to explain; default each frame's top class),
-``format`` (``mp4`` or ``gif``; default from the Accept header, else mp4), ``batch_size`` (frames per model call,
-default 8), ``colormap``, ``caption`` (true/false), ``params`` (a JSON object); any other field is a parameter of the
-method, as for ``:explain``. The answer is the video (``video/mp4`` or ``image/gif``) with ``X-Glimpse-*`` headers
-(model, version, method, frames, fps, model calls). Limits (``ApiConfig.video_limits``): bytes, frames, seconds and
-pixels per frame, each a 413 with the limit in the message (``rendering.errors.VideoTooLarge`` in ``errors``' table).
+``method`` (default: the model's default method), ``class_index`` or ``label`` (the class to explain; default each
+frame's top class), ``format`` (``mp4`` or ``gif``; default from the Accept header, else mp4), ``batch_size``
+(frames per model call, default 8), ``colormap``, ``caption`` (true/false), ``params`` (a JSON object); any other
+field is a parameter of the method, as for ``:explain``. The answer is the video (``video/mp4`` or ``image/gif``)
+with ``X-Glimpse-*`` headers (model, version, method, frames, fps, model calls). Limits
+(``ApiConfig.video_limits``): bytes, frames, seconds and pixels per frame, each a 413 with the limit in the message
+(``rendering.errors.VideoTooLarge`` in ``errors``' table).
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ def explain_video_view(name: str, version: int | None = None, label: str | None 
     video_options, options, extra = _options(st.config, fields)
     fmt = _output_format(options, request)
     spec = service.ExplainSpec(
-        method=options.get("method", "gradcam"),
+        method=options.get("method"),
         params=_params(options, extra),
         class_index=options.get("class_index") or None,
         label=options.get("label") or None,

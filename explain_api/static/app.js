@@ -2,7 +2,10 @@
 "use strict";
 
 // The class-attribution methods (compared side by side) and every method of the selector.
-const METHODS = ["gradcam", "occlusion", "vanilla_gradients", "gradients_inputs", "smoothgrad", "integrated_gradients"];
+const METHODS = [
+  "gradcam", "occlusion", "vanilla_gradients", "gradients_inputs", "smoothgrad", "integrated_gradients",
+  "gradcam_pp", "hirescam", "layercam",
+];
 const ACTIVATIONS = "activations";
 const ALL_METHODS = [...METHODS, ACTIVATIONS];
 const KEY_STORAGE = "glimpse-api-key";
@@ -91,7 +94,7 @@ async function loadModel() {
   const info = await (await api(modelPath())).json();
   state.methods = info.methods;
   const select = $("method");
-  const previous = select.value || "gradcam";
+  const previous = select.value || info.default_method || "";
   select.replaceChildren();
   for (const method of ALL_METHODS) {
     const available = info.methods.includes(method);
@@ -99,7 +102,7 @@ async function loadModel() {
     option.disabled = !available;
     select.add(option);
   }
-  select.value = info.methods.includes(previous) ? previous : info.methods[0] || "";
+  select.value = info.methods.includes(previous) ? previous : info.default_method || info.methods[0] || "";
   showMethodFields();
   const size = info.input ? `${info.input.width}x${info.input.height}` : "?";
   $("model-info").textContent = `version ${info.version}, input ${size}, ${info.labels.length} labels`;
@@ -221,7 +224,7 @@ async function compareAll() {
   const grid = $("compare-grid");
   grid.replaceChildren();
   showError(null);
-  busy(+1, "Comparing all six methods...");
+  busy(+1, "Comparing every method...");
   try {
     for (const method of METHODS) {
       const card = document.createElement("figure");

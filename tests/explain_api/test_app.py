@@ -107,6 +107,7 @@ def test_model_detail(client) -> None:
     assert body["name"] == "tiny" and body["version"] == 1
     assert body["labels"] == ["red", "green", "blue"] and body["num_classes"] == 3
     assert body["methods"] == list(c.EXPLAIN_METHODS) and body["blackbox_methods"] == []
+    assert body["default_method"] == c.DEFAULT_EXPLAIN_METHOD
     assert body["input"] == {"height": 32, "width": 32}
     assert body["versions"] == [{"version": 1, "state": "AVAILABLE"}]
     assert client.get("/v1/models/tiny/versions/1").status_code == 200
@@ -117,6 +118,7 @@ def test_model_detail_of_a_blackbox_model(make_app) -> None:
     client = make_app(FakeServing(methods=())).test_client()
     body = client.get("/v1/models/tiny").get_json()
     assert body["methods"] == ["occlusion"] and body["blackbox_methods"] == ["occlusion"]
+    assert body["default_method"] == "occlusion"
 
 
 def test_unknown_model_version_label(client) -> None:

@@ -186,3 +186,34 @@ def test_a_v1_explain_through_the_app(client) -> None:
         assert explanation["method"] == "gradcam" and explanation["target"]["class_index"] == 1
         assert explanation["heatmap"]["shape"] == [8, 8] and explanation["overlay_jpeg"]
         assert "predictions" not in explanation
+
+
+# --- wired into the routes: the same :predict and :explain URLs answer v1 bodies in v1's shape --------------------
+
+
+def test_v1_predict_and_explain_bodies_on_the_apis_own_routes(client) -> None:
+    b64 = base64.b64encode(solid((200, 10, 10), (40, 30))).decode()
+    body = {"instances": [{"image_bytes": {"b64": b64}, "key": "a"}, {"image": {"b64": b64}, "key": "b"}, b64]}
+    predicted = client.post("/v1/models/tiny:predict", json=body)
+    assert predicted.status_code == 200, predicted.get_json()
+    predictions = predicted.get_json()["predictions"]
+    assert [p.get("key") for p in predictions] == ["a", "b", None]
+    assert predictions[0]["label"] in ("red", "green", "blue")
+
+    explained = client.post("/v1/models/tiny:explain", json={**body, "parameters": {"method": "gradcam"}})
+    assert explained.status_code == 200, explained.get_json()
+    answer = explained.get_json()
+    assert set(answer) == {"predictions", "explanations"}
+    assert [e.get("key") for e in answer["explanations"]] == ["a", "b", None]
+    assert answer["explanations"][0]["method"] == "gradcam"
+
+
+def test_glimpse_bodies_still_get_glimpse_answers(client) -> None:
+    b64 = base64.b64encode(solid((10, 200, 10), (40, 30))).decode()
+    answer = client.post("/v1/models/tiny:predict", json={"image": {"b64": b64}}).get_json()
+    assert "results" in answer and "predictions" not in answer
+
+
+def test_a_bad_v1_body_is_a_400(client) -> None:
+    response = client.post("/v1/models/tiny:predict", json={"instances": "not a list"})
+    assert response.status_code == 400 and response.get_json()["error"]["code"] == "INVALID_ARGUMENT"

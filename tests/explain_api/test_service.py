@@ -348,3 +348,32 @@ def test_unusable_server_outputs_are_502(fake: FakeServing) -> None:
     assert _status(err) == 502 and "'heatmap'" in err.message
     err = _error(service.predict_images, broken, _catalog(broken), REF, images, top_k=1, budget=2**22)
     assert _status(err) == 502 and "'probabilities'" in err.message
+
+
+# ------------------------------------------------------------------------------------------- the default method
+
+
+@pytest.mark.parametrize(
+    ("methods", "with_pixels", "expected"),
+    [
+        (c.EXPLAIN_METHODS, True, c.DEFAULT_EXPLAIN_METHOD),  # a current export
+        (("gradcam", "occlusion", "vanilla_gradients"), True, "gradcam"),  # exported before the default moved
+        ((), True, "occlusion"),  # a plain TF Serving model: the black-box path
+    ],
+)
+def test_a_request_without_method_gets_the_models_default(
+    methods: tuple[str, ...], with_pixels: bool, expected: str
+) -> None:
+    fake = FakeServing(methods=methods, with_pixels=with_pixels)
+    catalog = _catalog(fake)
+    assert catalog.get(REF).default_method == expected
+    outcome = service.explain_images(fake, catalog, REF, [_image((9, 8, 7))], ExplainSpec(), top_k=1, budget=2**22)
+    assert outcome.method == expected and outcome.images[0].heatmap is not None
+
+
+def test_no_default_method_is_a_clear_error() -> None:
+    fake = FakeServing(methods=(), with_pixels=False)
+    assert service.validate_method(None) is None
+    err = _error(service.explain_images, fake, _catalog(fake), REF, [_image((1, 2, 3))], ExplainSpec(), top_k=1,
+                 budget=2**22)
+    assert _status(err) == 422 and "answers no explanation method" in err.message
