@@ -69,7 +69,7 @@ def run_page_session(
 ) -> None:
     """What a user does on the page, with checks at each step. ``second``: another PNG, dropped at the end;
     ``labels``: predictions expected in the top list (min(5, classes)); ``methods_ok``: how many of the methods
-    (the six class-attribution methods and activations) the model can answer."""
+    (the class-attribution methods and activations) the model can answer."""
     from PIL import Image
 
     from glimpse_wire import contract as c
@@ -123,7 +123,7 @@ def run_page_session(
     page.select_option("#method", "occlusion")
     page.wait_for_function("document.querySelector('#overlay figcaption').textContent.startsWith('occlusion')")
 
-    # Compare all six methods side by side.
+    # Compare every class-attribution method side by side.
     page.click("#compare")
     page.wait_for_function(
         "document.querySelectorAll('#compare-grid .card.ok, #compare-grid .card.failed').length === "

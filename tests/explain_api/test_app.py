@@ -364,7 +364,10 @@ def _post(client, **kwargs):
         ({"json": {"image": {"url": "http://x"}}}, 400, 'must be {"b64"'),
         ({"json": {"image": {"b64": b64(solid(RED))}, "method": "lime"}}, 400, "allowed: gradcam, occlusion"),
         ({"json": {"image": {"b64": b64(solid(RED))}, "method": 3}}, 400, "method must be a string"),
-        ({"json": {"image": {"b64": b64(solid(RED))}, "params": {"bogus": 1}}}, 400, "allowed: use_guided_grads"),
+        ({"json": {"image": {"b64": b64(solid(RED))}, "method": "gradcam", "params": {"bogus": 1}}}, 400,
+         "allowed: use_guided_grads"),
+        ({"json": {"image": {"b64": b64(solid(RED))}, "params": {"bogus": 1}}}, 400,
+         f"for method {c.DEFAULT_EXPLAIN_METHOD}; allowed: "),
         ({"json": {"image": {"b64": b64(solid(RED))}, "params": [1]}}, 400, "params must be"),
         (
             {"json": {"image": {"b64": b64(solid(RED))}, "target": {"label": "purple"}}},
@@ -494,7 +497,8 @@ def test_metrics_count_requests_grpc_and_images(client) -> None:
     assert 'glimpse_api_requests_total{method="POST",route="/v1/models/<name>:explain",status="200"} 1.0' in text
     assert 'glimpse_api_requests_total{method="GET",route="/v1/models/<name>",status="404"} 1.0' in text
     assert 'glimpse_api_request_duration_seconds_bucket{le="0.005",method="POST"' in text
-    assert 'glimpse_api_grpc_duration_seconds_count{code="OK",rpc="Predict",signature="explain_gradcam"} 1.0' in text
+    signature = c.explain_signature(c.DEFAULT_EXPLAIN_METHOD)  # no method in the request: the model's default
+    assert f'glimpse_api_grpc_duration_seconds_count{{code="OK",rpc="Predict",signature="{signature}"}} 1.0' in text
     assert 'glimpse_api_grpc_duration_seconds_count{code="NOT_FOUND",rpc="GetModelStatus",signature=""} 1.0' in text
     assert "glimpse_api_image_bytes_count 1.0" in text
     assert "glimpse_api_requests_in_flight 1.0" in text  # this very request

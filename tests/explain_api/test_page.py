@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from glimpse_wire import contract as c
 from tests.explain_api.browser import chromium, serve_http
 from tests.explain_api.browser import run_page_session as _session
 from tests.explain_api.fakes import FakeServing
@@ -33,7 +34,7 @@ def second(chelsea: np.ndarray) -> bytes:
 
 def test_page_session(make_app, photo: Path, second: bytes, tmp_path: Path) -> None:
     with serve_http(make_app()) as base, chromium() as browser:
-        _session(browser, base, photo, second, labels=3, methods_ok=7, tmp_path=tmp_path)
+        _session(browser, base, photo, second, labels=3, methods_ok=len(c.EXPLAIN_METHODS), tmp_path=tmp_path)
 
 
 def test_page_with_a_blackbox_model(make_app, photo: Path, second: bytes, tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from glimpse_wire.client import ClientConfig, ServingClient
-from glimpse_wire.contract import SIG_CLASSIFY, explain_signature
+from glimpse_wire.contract import DEFAULT_EXPLAIN_METHOD, SIG_CLASSIFY, explain_signature
 from glimpse_wire.examples import read_tfrecord, write_tfrecord
 from glimpse_wire.messages import PredictionLog
 from tests.conftest import _free_port
@@ -110,7 +110,9 @@ def test_explain_and_readyz_recover_within_2s_of_every_restart(
     # warm-up runs, not thirteen; the server is AVAILABLE with those signatures warm, as in production.
     copy = tmp_path / "models" / name / str(version)
     shutil.copytree(exported_model.version_dir, copy)
-    _keep_warmup(copy / "assets.extra" / "tf_serving_warmup_requests", {SIG_CLASSIFY, explain_signature("gradcam")})
+    # The explain requests name no method: the model's default method is what they run.
+    _keep_warmup(copy / "assets.extra" / "tf_serving_warmup_requests",
+                 {SIG_CLASSIFY, explain_signature(DEFAULT_EXPLAIN_METHOD)})
     config_file = tmp_path / "models.config"
     config_file.write_text(model_config(name, copy.parent, version))
     port = _free_port()

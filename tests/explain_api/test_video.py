@@ -26,6 +26,7 @@ from explain_api.errors import status_for
 from explain_api.exceptions import BadModelOutput, ExplainError, UnknownMethod, UnsupportedModel
 from explain_api.video import VideoOptions, configure_explain_video, exit_code, explain_video
 from glimpse.cli import main as glimpse_main
+from glimpse_wire import contract as c
 from glimpse_wire.client import ModelRef
 from glimpse_wire.errors import InvalidArgument, NotFound, Unavailable
 from rendering.errors import EncoderError, InvalidImage, InvalidVideo, RenderingError, VideoTooLarge
@@ -301,7 +302,8 @@ def test_route_returns_mp4_with_headers(video_app, fake: FakeServing, clip: Clip
     out.write_bytes(response.data)
     frames, fps = read_mp4(out)
     assert frames.shape == (FRAMES, HEIGHT, WIDTH, 3) and fps == FPS
-    assert len([c for c in fake.calls_of("Predict") if c.signature == "explain_gradcam"]) == 3
+    default = c.explain_signature(c.DEFAULT_EXPLAIN_METHOD)  # no method in the request: the model's default
+    assert len([call for call in fake.calls_of("Predict") if call.signature == default]) == 3
 
 
 def test_route_multipart_gif_by_accept_header(video_app, clip: Clip) -> None:
@@ -383,7 +385,7 @@ def test_cli_flags_parse() -> None:
     parser = argparse.ArgumentParser()
     configure_explain_video(parser)
     args = parser.parse_args(["in.mp4", "--out", "o.gif", "--model", "m", "--param", "patch_size=8", "--param", "x=1"])
-    assert (args.batch_size, args.method, args.param) == (8, "gradcam", [("patch_size", "8"), ("x", "1")])
+    assert (args.batch_size, args.method, args.param) == (8, None, [("patch_size", "8"), ("x", "1")])  # None: default
 
 
 # ---------------------------------------------------------------------------- real model server (slow, integration)
@@ -432,7 +434,8 @@ def test_api_against_a_real_server_counts_one_grpc_call_per_chunk(served, clip: 
     assert_overlays_of(iio.imread(out, index=None, plugin="pillow", mode="RGB"), clip.frames)
     metrics = client.get("/metrics").get_data(as_text=True)
     count = re.search(
-        r'glimpse_api_grpc_duration_seconds_count\{code="OK",rpc="Predict",signature="explain_gradcam"\} (\S+)', metrics
+        r'glimpse_api_grpc_duration_seconds_count\{code="OK",rpc="Predict",signature="'
+        + c.explain_signature(c.DEFAULT_EXPLAIN_METHOD) + r'"\} (\S+)', metrics
     )
     assert count is not None and float(count.group(1)) == math.ceil(FRAMES / 8) == 2
     bad = client.post(f"/v1/models/{served.name}:explain-video?method=lime", data=clip.mp4.read_bytes(),
