@@ -54,6 +54,7 @@ __all__ = [
     "BackgroundFn",
     "paste_cutout",
     "make_localization_set",
+    "shuffled_set",
     "build_localizer",
     "build_lite0_localizer",
     "BACKBONES",
@@ -266,13 +267,25 @@ def make_localization_set(
             labels.append(label)
             boxes.append(box)
             ks.append(k)
-    shuffle = rng.permutation(len(images))
+    return shuffled_set(rng, images, labels, boxes, ks, tuple(photos))
+
+
+def shuffled_set(
+    rng: np.random.Generator,
+    images: Sequence[np.ndarray],
+    labels: Sequence[int],
+    boxes: Sequence[Sequence[int]],
+    index_in_class: Sequence[int],
+    class_names: tuple[str, ...],
+) -> LocalizationSet:
+    """The composites as a ``LocalizationSet`` in one seeded random order (so no class comes in a block)."""
+    order = rng.permutation(len(images))
     return LocalizationSet(
-        images=np.stack(images)[shuffle],
-        labels=np.asarray(labels, np.int32)[shuffle],
-        boxes=np.asarray(boxes, np.int32)[shuffle],
-        class_names=tuple(photos),
-        index_in_class=np.asarray(ks, np.int32)[shuffle],
+        images=np.stack(images)[order],
+        labels=np.asarray(labels, np.int32)[order],
+        boxes=np.asarray(boxes, np.int32)[order],
+        class_names=class_names,
+        index_in_class=np.asarray(index_in_class, np.int32)[order],
     )
 
 

@@ -53,6 +53,7 @@ from studies.localization import (
     paste_cutout,
     peak_positions,
     ranking_map,
+    shuffled_set,
     split_photos,
 )
 from training.fit import TrainConfig
@@ -268,14 +269,7 @@ def make_pair_set(
             labels.append(label)
             boxes.append(box)
             ks.append(k)
-    shuffle = rng.permutation(len(images))
-    return LocalizationSet(
-        images=np.stack(images)[shuffle],
-        labels=np.asarray(labels, np.int32)[shuffle],
-        boxes=np.asarray(boxes, np.int32)[shuffle],
-        class_names=tuple(photos),
-        index_in_class=np.asarray(ks, np.int32)[shuffle],
-    )
+    return shuffled_set(rng, images, labels, boxes, ks, tuple(photos))
 
 
 def make_sets(config: BenchConfig, size: int) -> tuple[LocalizationSet, dict[str, LocalizationSet]]:
