@@ -398,7 +398,7 @@ def _safe_progress(progress: Callable[[], str] | None) -> str:
     try:
         return progress()
     except (urllib.error.URLError, http.client.HTTPException, OSError):
-        return "not listening yet"
+        return "the server is loading and warming up the model before it listens"
 
 
 def version_states(body: bytes) -> str:
