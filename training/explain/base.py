@@ -43,6 +43,7 @@ __all__ = [
     "gate",
     "target_class",
     "attribution_result",
+    "saliency_result",
     "expand",
     "expanded_sum",
     "expanded_values",
@@ -196,6 +197,13 @@ def attribution_result(
         OUT_SCORE: tf.identity(score, name=OUT_SCORE),
         OUT_PROBABILITIES: tf.identity(probabilities, name=OUT_PROBABILITIES),
     }
+
+
+def saliency_result(
+    attribution: tf.Tensor, percentile: float, class_index: tf.Tensor, probabilities: tf.Tensor
+) -> dict[str, tf.Tensor]:
+    """:func:`attribution_result` of a pixel-level map, its heatmap the map clipped at ``percentile``."""
+    return attribution_result(saliency_heatmap(attribution, percentile), attribution, class_index, probabilities)
 
 
 # ----------------------------------------------------------------------------------------------------------------

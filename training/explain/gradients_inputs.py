@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from training.explain.base import ExplainMethod, Inputs, attribution_result, gate, saliency_heatmap
+from training.explain.base import ExplainMethod, Inputs, gate, saliency_result
 from training.explain.model import ExplainModel
 from training.explain.vanilla_gradients import input_gradients
 
@@ -19,9 +19,7 @@ def explain_gradients_inputs(model: ExplainModel, inputs: Inputs) -> dict[str, t
     (images,) = gate(inputs)
     grads, target, probabilities = input_gradients(model, images, inputs.class_index)
     attribution = grads * images
-    return attribution_result(
-        saliency_heatmap(attribution, model.config.heatmap_percentile), attribution, target, probabilities
-    )
+    return saliency_result(attribution, model.config.heatmap_percentile, target, probabilities)
 
 
 METHOD = ExplainMethod(

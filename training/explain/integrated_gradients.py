@@ -14,11 +14,10 @@ import tensorflow as tf
 from training.explain.base import (
     ExplainMethod,
     Inputs,
-    attribution_result,
     expand,
     expanded_sum,
     gate,
-    saliency_heatmap,
+    saliency_result,
     target_class,
 )
 from training.explain.model import ExplainModel
@@ -59,9 +58,7 @@ def explain_integrated_gradients(model: ExplainModel, inputs: Inputs) -> dict[st
     summed = expanded_sum(model, total, tf.shape(images)[0], path_gradients)
     mean_gradients = summed / tf.reshape(tf.cast(n_steps, tf.float32), [-1, 1, 1, 1])
     attribution = mean_gradients * images
-    return attribution_result(
-        saliency_heatmap(attribution, model.config.heatmap_percentile), attribution, target, probabilities
-    )
+    return saliency_result(attribution, model.config.heatmap_percentile, target, probabilities)
 
 
 METHOD = ExplainMethod(

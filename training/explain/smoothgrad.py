@@ -15,11 +15,10 @@ import tensorflow as tf
 from training.explain.base import (
     ExplainMethod,
     Inputs,
-    attribution_result,
     expand,
     expanded_sum,
     gate,
-    saliency_heatmap,
+    saliency_result,
     target_class,
 )
 from training.explain.model import ExplainModel
@@ -63,9 +62,7 @@ def explain_smoothgrad(model: ExplainModel, inputs: Inputs) -> dict[str, tf.Tens
 
     summed = expanded_sum(model, total, tf.shape(images)[0], noisy_gradients)
     attribution = summed / tf.reshape(tf.cast(p["num_samples"], tf.float32), [-1, 1, 1, 1])
-    return attribution_result(
-        saliency_heatmap(attribution, model.config.heatmap_percentile), attribution, target, probabilities
-    )
+    return saliency_result(attribution, model.config.heatmap_percentile, target, probabilities)
 
 
 METHOD = ExplainMethod(
