@@ -54,6 +54,26 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+def _param_schema(p: c.MethodParam) -> dict[str, Any]:
+    """One method parameter: its type, default and range; a parameter with named choices as an enum of the names
+    (the API takes their numbers too, and answers with the name)."""
+    if p.choices:
+        numbers = ", ".join(f"{i} = {name}" for i, name in enumerate(p.choices))
+        return {
+            "type": "string",
+            "enum": list(p.choices),
+            "default": p.choices[int(p.default)],
+            "description": f"{p.help} Also accepted as a number: {numbers}.",
+        }
+    kind = {"bool": "boolean", "int32": "integer", "float32": "number"}[p.dtype]
+    schema: dict[str, Any] = {"type": kind, "default": p.default, "description": p.help}
+    if p.minimum is not None:
+        schema["minimum"] = p.minimum
+    if p.maximum is not None:
+        schema["maximum"] = p.maximum
+    return schema
+
+
 def _schemas() -> dict[str, Any]:
     number = {"type": "number"}
     nullable_int = {"type": "integer", "nullable": True}
@@ -88,13 +108,7 @@ def _schemas() -> dict[str, Any]:
     params_props: dict[str, Any] = {}
     for method_params in c.METHOD_PARAMS.values():
         for p in method_params:
-            kind = {"bool": "boolean", "int32": "integer", "float32": "number"}[p.dtype]
-            schema: dict[str, Any] = {"type": kind, "default": p.default, "description": p.help}
-            if p.minimum is not None:
-                schema["minimum"] = p.minimum
-            if p.maximum is not None:
-                schema["maximum"] = p.maximum
-            params_props[p.name] = schema
+            params_props[p.name] = _param_schema(p)
     version_status = {
         "type": "object",
         "required": ["version", "state"],

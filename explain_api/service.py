@@ -8,7 +8,8 @@ addressed by ``glimpse_wire.client.ModelRef``.
 Model facts a remote client cannot read from the model card are taken from the server: the input size from the
 ``predict_pixels`` signature's ``images`` input ([-1, H, W, 3]), the label list from the ``classification``
 signature (its ``classes`` output lists every label in class order), the explanation methods from the signature
-names. They are cached per (model, version, label) for a short time.
+names, and which contract parameters an older export's signatures lack from their inputs. They are cached per
+(model, version, label) for a short time.
 """
 
 from __future__ import annotations
@@ -26,10 +27,17 @@ import numpy as np
 from PIL import Image
 
 from explain_api.exceptions import BadModelOutput, InvalidParameter, TooMuchWork, UnknownMethod, UnsupportedModel
-from explain_api.occlusion import occluded_copies, occlusion_geometry, occlusion_map
+from explain_api.occlusion import (
+    OcclusionGrid,
+    adaptive_evaluations,
+    adaptive_occlusion,
+    occluded_copies,
+    occlusion_geometry,
+    occlusion_map,
+)
 from glimpse_wire import contract as c
 from glimpse_wire.booleans import parse_bool
-from glimpse_wire.client import ModelRef
+from glimpse_wire.client import ModelRef, build_explain_inputs
 from glimpse_wire.errors import ServingError
 from rendering.images import DecodedImage, resize_with_pad, serving_png
 from rendering.render import normalize
@@ -110,6 +118,9 @@ class ModelInfo:
     num_classes: int | None
     has_image_bytes: bool  # serving_default takes encoded images
     pixel_signature: PixelSignature | None
+    # Per method, the contract parameters its explain_<method> signature has no input for: an export older than the
+    # parameter (e.g. occlusion's mode). Such a parameter can only take its default, which the graph then implies.
+    absent_params: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def fallback_methods(self) -> tuple[str, ...]:
@@ -201,6 +212,12 @@ def build_model_info(client: ServingClientLike, ref: ModelRef, *, timeout_s: flo
     version = getattr(md, "version", None)
     version = int(version) if version not in (None, "") else ref.version
     methods = tuple(m for m in c.EXPLAIN_METHODS if c.explain_signature(m) in signatures)
+    absent: dict[str, tuple[str, ...]] = {}
+    for m in methods:
+        inputs = _tensor_specs(signatures[c.explain_signature(m)], "inputs")
+        lacking = tuple(p.name for p in c.METHOD_PARAMS[m] if p.name not in inputs)
+        if lacking:
+            absent[m] = lacking
     pixel, input_size = _find_pixel_signature(signatures)
     if input_size is None:
         for m in methods:
@@ -239,6 +256,7 @@ def build_model_info(client: ServingClientLike, ref: ModelRef, *, timeout_s: flo
         num_classes=num_classes,
         has_image_bytes=has_bytes,
         pixel_signature=pixel,
+        absent_params=absent,
     )
 
 
@@ -383,8 +401,33 @@ def validate_method(method: Any) -> str | None:
     return method
 
 
+def _choice(param: c.MethodParam, value: Any) -> int:
+    """A parameter with named choices: a choice's name (any case) or its index (an integer or its text) as the
+    index; ``InvalidParameter`` listing the names otherwise."""
+    if isinstance(value, str) and value.strip().lower() in param.choices:
+        return param.choices.index(value.strip().lower())
+    index: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        index = value
+    elif isinstance(value, float) and value.is_integer():
+        index = int(value)
+    elif isinstance(value, str):
+        try:
+            index = int(value.strip())
+        except ValueError:
+            pass
+    if index is not None and 0 <= index < len(param.choices):
+        return index
+    numbers = f"0 to {len(param.choices) - 1}"
+    raise InvalidParameter(
+        f"parameter {param.name} must be one of {', '.join(param.choices)} (or their numbers {numbers}), got {value!r}"
+    )
+
+
 def _coerce(param: c.MethodParam, value: Any) -> int | float | bool:
     name = param.name
+    if param.choices:
+        return _choice(param, value)
     if param.dtype == "bool":
         if isinstance(value, bool):
             return value
@@ -421,7 +464,8 @@ def _coerce(param: c.MethodParam, value: Any) -> int | float | bool:
 
 def validate_params(method: str, raw: Mapping[str, Any] | None, *, blackbox: bool = False) -> dict[str, Any]:
     """Check names, types and ranges of a method's parameters and fill the defaults; ``InvalidParameter`` lists what
-    is allowed."""
+    is allowed. Values are as the signature takes them: a parameter with named choices as its index
+    (``_shown_params`` names them again for the answer)."""
     allowed = list(c.METHOD_PARAMS[method]) + (list(BLACKBOX_PARAMS) if blackbox and method == "occlusion" else [])
     by_name = {p.name: p for p in allowed}
     raw = dict(raw or {})
@@ -430,6 +474,31 @@ def validate_params(method: str, raw: Mapping[str, Any] | None, *, blackbox: boo
         listed = ", ".join(by_name) or "none"
         raise InvalidParameter(f"unknown parameter(s) {', '.join(unknown)} for method {method}; allowed: {listed}")
     return {p.name: (_coerce(p, raw[p.name]) if p.name in raw else p.default) for p in allowed}
+
+
+def _shown_params(method: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """``params`` as an answer shows them: a parameter with named choices by its name, the others as they are."""
+    named = {p.name: p.choices for p in c.METHOD_PARAMS[method] if p.choices}
+    return {k: named[k][int(v)] if k in named else v for k, v in params.items()}
+
+
+def _absent_params(info: ModelInfo, method: str, params: Mapping[str, Any]) -> tuple[str, ...]:
+    """The parameters to leave out of the call to ``explain_<method>``: those its export has no input for (older
+    than the parameter), each at its default. ``InvalidParameter`` when such a parameter asks for something else,
+    which that export cannot do."""
+    absent = info.absent_params.get(method, ())
+    specs = {p.name: p for p in c.METHOD_PARAMS[method]}
+    for name in absent:
+        spec = specs[name]
+        if params[name] != spec.default:
+            asked = _shown_params(method, {name: params[name]})[name]
+            default = _shown_params(method, {name: spec.default})[name]
+            raise InvalidParameter(
+                f"{name}={asked}: this export of {info.name} (version {info.version}) predates the {method} "
+                f"parameter {name} (its {c.explain_signature(method)} signature has no {name} input); re-export the "
+                f"model with `glimpse export`, or use {name}={default}"
+            )
+    return absent
 
 
 def _label_list(labels: Sequence[str]) -> str:
@@ -677,6 +746,7 @@ def explain_images(
     if method in info.methods:
         params = validate_params(method, spec.params)
         target = resolve_target(info, spec.class_index, spec.label)
+        absent = _absent_params(info, method, params)
         if method == c.ACTIVATIONS_METHOD and int(params["layer"]) != -1:
             check_activation_layer(int(params["layer"]), catalog.activation_layer_count(info, ref))
         return _explain_in_graph(
@@ -687,6 +757,7 @@ def explain_images(
             method,
             params,
             target,
+            absent=absent,
             top_k=top_k,
             budget=budget,
             timeout_s=timeout_s,
@@ -724,11 +795,14 @@ def _explain_in_graph(
     params: dict[str, Any],
     target: int,
     *,
+    absent: tuple[str, ...],
     top_k: int,
     budget: int,
     timeout_s: float | None,
     size_factor: float,
 ) -> ExplainOutcome:
+    """``explain_<method>`` in batches cut to the budget; the parameters in ``absent`` (which the export has no input
+    for) are left out of the call."""
     blobs = [serving_png(im, info.input_size, factor=size_factor) for im in images]
     # alias -> (shape after the batch dimension, None = as returned; dtype); the method's own outputs first
     wanted: dict[str, tuple[tuple[int, ...] | None, Any]]
@@ -754,15 +828,25 @@ def _explain_in_graph(
     result = None
     for part in _chunks([len(b) for b in blobs], budget):
         n = len(blobs[part])
-        result = client.explain(
-            ref.name,
-            method,
-            blobs[part],
-            class_index=[target] * n,
-            params=params,
-            timeout_s=timeout_s,
-            **_pinned(info, ref),
-        )
+        if absent:
+            inputs = build_explain_inputs(method, blobs[part], class_index=[target] * n, params=params)
+            result = client.predict(
+                ref.name,
+                {alias: value for alias, value in inputs.items() if alias not in absent},
+                signature=c.explain_signature(method),
+                timeout_s=timeout_s,
+                **_pinned(info, ref),
+            )
+        else:
+            result = client.explain(
+                ref.name,
+                method,
+                blobs[part],
+                class_index=[target] * n,
+                params=params,
+                timeout_s=timeout_s,
+                **_pinned(info, ref),
+            )
         for alias, (tail, dtype) in wanted.items():
             parts[alias].append(_output(result, alias, n, tail, dtype=dtype))
     out = {alias: np.concatenate(chunks) for alias, chunks in parts.items()}
@@ -779,7 +863,32 @@ def _explain_in_graph(
             out[c.OUT_CLASS_INDEX], out[c.OUT_SCORE], out[c.OUT_PROBABILITIES], extras, strict=True
         )
     ]
-    return ExplainOutcome(ref.name, _result_version(result, info.version), method, params, "signature", tuple(items))
+    shown = _shown_params(method, params)
+    if method == "occlusion":
+        shown.update(_occlusion_facts(result, info, params, len(items)))
+    return ExplainOutcome(ref.name, _result_version(result, info.version), method, shown, "signature", tuple(items))
+
+
+def _occlusion_facts(result: Any, info: ModelInfo, params: Mapping[str, Any], batch: int) -> dict[str, Any]:
+    """How the graph computed the (last batch's) occlusion maps: the engine and the positions evaluated of the grid.
+    Every image of a request has the same mode and grid, so the first image speaks for all; an export older than
+    these outputs says nothing."""
+    facts: dict[str, Any] = {}
+    if info.input_size is not None:
+        height, width = info.input_size
+        facts["grid_positions"] = occlusion_geometry(
+            height, width, int(params["patch_size"]), int(params["stride"])
+        ).positions
+    outputs = getattr(result, "outputs", {})
+    if c.OUT_EVALUATED_POSITIONS in outputs:
+        facts["evaluated_positions"] = int(_output(result, c.OUT_EVALUATED_POSITIONS, batch, (), dtype=np.int64)[0])
+    if c.OUT_OCCLUSION_ENGINE in outputs:
+        index = int(_output(result, c.OUT_OCCLUSION_ENGINE, batch, (), dtype=np.int64)[0])
+        if not 0 <= index < len(c.OCCLUSION_ENGINES):
+            known = len(c.OCCLUSION_ENGINES) - 1
+            raise BadModelOutput(f"model server returned occlusion engine {index}; expected 0-{known}")
+        facts["engine"] = c.OCCLUSION_ENGINES[index]
+    return facts
 
 
 def _activation_maps(out: Mapping[str, np.ndarray]) -> list[ActivationMaps]:
@@ -834,35 +943,32 @@ def _explain_blackbox(
     max_patches: int,
 ) -> ExplainOutcome:
     """Occlusion through Predict calls on the pixels signature: the map of the in-graph signature (see
-    ``explain_api.occlusion``), computed from 1 + rows x cols forward passes per image, batched to the budget."""
+    ``explain_api.occlusion``), batched to the budget. Modes exact and naive are the same here (the API cannot reuse
+    the model's layers between copies, so every copy is a whole forward pass either way): 1 + rows x cols passes per
+    image. Mode adaptive makes two rounds of calls per image, the image and the coarse cells, then the cells to
+    refine. The answer's parameters add how many grid positions were evaluated, of how many."""
     assert info.input_size is not None
     h, w = info.input_size
     grid = occlusion_geometry(h, w, int(params["patch_size"]), int(params["stride"]))
-    if grid.positions > max_patches:
+    mode = c.OCCLUSION_MODES[int(params["mode"])]
+    evaluated = adaptive_evaluations(grid) if mode == "adaptive" else grid.positions
+    if evaluated > max_patches:
         raise TooMuchWork(
-            f"patch_size={grid.patch} and stride={grid.stride} give {grid.positions} occluded copies per image; "
-            f"the limit is {max_patches}: use a larger stride or patch_size"
+            f"patch_size={grid.patch} and stride={grid.stride} give {evaluated} occluded copies per image "
+            f"(mode={mode}); the limit is {max_patches}: use a larger stride or patch_size"
         )
-    scale, offset = float(params["input_scale"]), float(params["input_offset"])
     items, result = [], None
     for im in images:
-        base = resize_with_pad(im.rgb, h, w)
-
-        def batch(part: slice, base: np.ndarray = base) -> np.ndarray:
-            # Index 0 is the image itself, index i > 0 the copy occluded at grid position i - 1 (row-major).
-            first = base[np.newaxis] if part.start == 0 else np.empty((0, h, w, 3), np.float32)
-            copies = occluded_copies(base, grid, slice(max(part.start - 1, 0), part.stop - 1))
-            pixels = np.concatenate([first, copies]) if len(first) else copies
-            return pixels * scale + offset if (scale, offset) != (1.0, 0.0) else pixels
-
-        probs, result = _pixels_probabilities(
-            client, info, ref, 1 + grid.positions, batch, budget=budget, timeout_s=timeout_s
+        occluder = _Occluder(
+            client, info, ref, resize_with_pad(im.rgb, h, w), grid, params, target, budget=budget, timeout_s=timeout_s
         )
-        base_probs = probs[0]
-        cls = int(np.argmax(base_probs)) if target < 0 else target
-        if cls >= base_probs.size:
-            raise InvalidParameter(f"class_index {cls} is out of range; the model has {base_probs.size} classes")
-        attribution = occlusion_map(probs[1:, cls], grid)
+        if mode == "adaptive":
+            adaptive = adaptive_occlusion(grid, lambda cells, o=occluder: o.scores([grid.position(x) for x in cells]))
+            attribution = adaptive.attribution()
+        else:
+            attribution = occlusion_map(occluder.scores(range(grid.positions)), grid)
+        assert occluder.image_probabilities is not None and occluder.class_index is not None
+        cls, base_probs, result = occluder.class_index, occluder.image_probabilities, occluder.result
         items.append(
             ImageExplanation(
                 cls,
@@ -873,5 +979,66 @@ def _explain_blackbox(
                 attribution=attribution,
             )
         )
-    used = {**params, "patch_size": grid.patch, "stride": grid.stride}
+    used = {
+        **_shown_params("occlusion", params),
+        "patch_size": grid.patch,
+        "stride": grid.stride,
+        "evaluated_positions": evaluated,
+        "grid_positions": grid.positions,
+    }
     return ExplainOutcome(ref.name, _result_version(result, info.version), "occlusion", used, "blackbox", tuple(items))
+
+
+class _Occluder:
+    """Predict calls for the occluded copies of one image (float pixels [H,W,3] at the model's input size), scored for
+    the ``target`` class (-1: the image's predicted class). The first call's batches also carry the image itself,
+    whose probabilities fix that class."""
+
+    def __init__(
+        self,
+        client: ServingClientLike,
+        info: ModelInfo,
+        ref: ModelRef,
+        pixels: np.ndarray,
+        grid: OcclusionGrid,
+        params: Mapping[str, Any],
+        target: int,
+        *,
+        budget: int,
+        timeout_s: float | None,
+    ) -> None:
+        self._client, self._info, self._ref = client, info, ref
+        self._pixels, self._grid, self._target = pixels, grid, target
+        self._scale, self._offset = float(params["input_scale"]), float(params["input_offset"])
+        self._budget, self._timeout_s = budget, timeout_s
+        self.image_probabilities: np.ndarray | None = None
+        self.class_index: int | None = None
+        self.result: Any = None
+
+    def scores(self, positions: Sequence[int]) -> np.ndarray:
+        """p_c of the copies occluded at the grid ``positions`` (row-major indices), in order."""
+        lead = 1 if self.image_probabilities is None else 0  # index 0: the image itself, on the first call only
+
+        def batch(part: slice) -> np.ndarray:
+            first = max(part.start - lead, 0)
+            copies = occluded_copies(self._pixels, self._grid, positions[first : part.stop - lead])
+            pixels = np.concatenate([self._pixels[np.newaxis], copies]) if part.start < lead else copies
+            return pixels * self._scale + self._offset if (self._scale, self._offset) != (1.0, 0.0) else pixels
+
+        probs, self.result = _pixels_probabilities(
+            self._client,
+            self._info,
+            self._ref,
+            lead + len(positions),
+            batch,
+            budget=self._budget,
+            timeout_s=self._timeout_s,
+        )
+        if lead:
+            self.image_probabilities = probs[0]
+            cls = int(np.argmax(probs[0])) if self._target < 0 else self._target
+            if cls >= probs[0].size:
+                raise InvalidParameter(f"class_index {cls} is out of range; the model has {probs[0].size} classes")
+            self.class_index = cls
+        assert self.class_index is not None
+        return probs[lead:, self.class_index]

@@ -23,6 +23,7 @@ __all__ = ["SUITES", "configure_bench", "run_bench", "format_rows", "machine_des
 # suite name -> "module:function"; each function takes quick: bool and returns a list of row dicts.
 SUITES: dict[str, str] = {
     "explain": "glimpse.bench_explain:run_explain_benchmarks",
+    "occlusion": "glimpse.bench_occlusion:run_occlusion_benchmarks",
     "serving": "serving.bench:run_serving_benchmarks",
     "api": "glimpse.bench_api:run_api_benchmarks",
     "pipeline": "training.train:run_pipeline_benchmarks",

@@ -50,6 +50,13 @@ __all__ = [
     "WARMUP_ASSET",
     "MethodParam",
     "METHOD_PARAMS",
+    "OCCLUSION_MODES",
+    "OCCLUSION_ENGINES",
+    "OCCLUSION_OUTPUTS",
+    "OUT_EVALUATED_POSITIONS",
+    "OUT_OCCLUSION_ENGINE",
+    "ADAPTIVE_COARSE_STEP",
+    "ADAPTIVE_REFINE_FRACTION",
     "explain_outputs",
     "explain_signature",
     "method_of_signature",
@@ -113,6 +120,9 @@ OUT_ACTIVATIONS = "activations"  # float32 [B,N], the raw [h,w,K] channels in ro
 OUT_ACTIVATION_SHAPE = "activation_shape"  # int32 [B,3], (h, w, K) of the chosen layer
 OUT_LAYER = "layer"  # int32 [B], the chosen layer's index in the model card's activation_layers
 OUT_LAYER_NAME = "layer_name"  # string [B], the chosen layer's name
+# explain_occlusion: how each image's map was computed
+OUT_EVALUATED_POSITIONS = "evaluated_positions"  # int32 [B], grid positions whose occluded copy was run
+OUT_OCCLUSION_ENGINE = "occlusion_engine"  # int32 [B], index into OCCLUSION_ENGINES
 
 ATTRIBUTION_OUTPUTS: tuple[str, ...] = (
     OUT_HEATMAP,
@@ -146,7 +156,11 @@ WARMUP_ASSET = "assets.extra/tf_serving_warmup_requests"
 
 @dataclass(frozen=True)
 class MethodParam:
-    """One per-example parameter of an explanation signature: a [B] tensor input."""
+    """One per-example parameter of an explanation signature: a [B] tensor input.
+
+    ``choices``: for an int32 parameter that picks one of a few named behaviours, their names, the value being the
+    index (so the tensor stays an int and clients can speak in names); empty for a plain number.
+    """
 
     name: str
     dtype: str  # "int32" | "float32" | "bool"
@@ -154,7 +168,23 @@ class MethodParam:
     help: str
     minimum: float | None = None
     maximum: float | None = None
+    choices: tuple[str, ...] = ()
 
+
+# How explain_occlusion ran each image's occluded copies (OUT_OCCLUSION_ENGINE), by index: one whole forward pass per
+# copy, or the incremental engine (the image's activations once, then per layer only what the patch changes).
+OCCLUSION_ENGINES: tuple[str, ...] = ("naive", "incremental")
+OCCLUSION_OUTPUTS: tuple[str, ...] = (*ATTRIBUTION_OUTPUTS, OUT_EVALUATED_POSITIONS, OUT_OCCLUSION_ENGINE)
+
+# Occlusion's ``mode`` values, by index: the exact map (computed incrementally in the graph where the model's layers
+# allow it), the exact map with one whole forward pass per occluded copy, or the adaptive approximation below.
+OCCLUSION_MODES: tuple[str, ...] = ("exact", "naive", "adaptive")
+# Adaptive occlusion, identical in the graph and in the explain API's black-box path: evaluate the cells of every
+# ADAPTIVE_COARSE_STEP-th row and column of the grid, interpolate the others (linearly, separably: along the columns
+# of each coarse row, then along the rows; constant past the last coarse index), then evaluate the
+# ceil(ADAPTIVE_REFINE_FRACTION * U) not-yet-evaluated cells with the highest estimate (U of them; ties row-major).
+ADAPTIVE_COARSE_STEP = 2
+ADAPTIVE_REFINE_FRACTION = 0.25
 
 _FUSED_LAYERS_HELP = (
     "Conv layers fused, deepest first: 1 = the Grad-CAM layer alone, n = the model card's last n activation_layers "
@@ -168,6 +198,17 @@ METHOD_PARAMS: dict[str, tuple[MethodParam, ...]] = {
     "occlusion": (
         MethodParam("patch_size", "int32", 0, "Side of the grey square in input pixels; 0 = input size / 8.", 0, 4096),
         MethodParam("stride", "int32", 0, "Step between patches in input pixels; 0 = patch size.", 0, 4096),
+        MethodParam(
+            "mode",
+            "int32",
+            0,
+            "exact: the exact map (computed incrementally in the graph where the model's layers allow); naive: the "
+            "same map, one whole forward pass per occluded copy; adaptive: an approximation that evaluates every "
+            "other row and column, interpolates the rest and evaluates the quarter of it estimated highest.",
+            0,
+            len(OCCLUSION_MODES) - 1,
+            OCCLUSION_MODES,
+        ),
     ),
     "vanilla_gradients": (),
     "gradients_inputs": (),
@@ -211,9 +252,12 @@ def explain_signature(method: str) -> str:
 
 
 def explain_outputs(method: str) -> tuple[str, ...]:
-    """Output aliases of ``explain_<method>``: ACTIVATIONS_OUTPUTS for activations, else ATTRIBUTION_OUTPUTS."""
+    """Output aliases of ``explain_<method>``: ACTIVATIONS_OUTPUTS for activations, OCCLUSION_OUTPUTS for
+    occlusion, else ATTRIBUTION_OUTPUTS."""
     explain_signature(method)  # ValueError for an unknown method
-    return ACTIVATIONS_OUTPUTS if method == ACTIVATIONS_METHOD else ATTRIBUTION_OUTPUTS
+    if method == ACTIVATIONS_METHOD:
+        return ACTIVATIONS_OUTPUTS
+    return OCCLUSION_OUTPUTS if method == "occlusion" else ATTRIBUTION_OUTPUTS
 
 
 def method_of_signature(signature_name: str) -> str | None:

@@ -178,7 +178,7 @@ class GraphExplanationCallback(keras.callbacks.Callback):
         self.gradcam_layer = gradcam_layer
         self.method_params = {
             "gradcam": {"use_guided_grads": bool(use_guided_grads)},
-            "occlusion": {"patch_size": int(patch_size), "stride": 0},
+            "occlusion": {"patch_size": int(patch_size), "stride": 0, "mode": 0},  # 0: the exact map
             "activations": {"layer": -1},  # the Grad-CAM layer, as tf-explain's callback is given here
         }[method]
         self.output_dir = Path(output_dir)

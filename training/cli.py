@@ -121,6 +121,10 @@ def configure_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=_positive_int, default=None, help="needed when the model's input size is free")
     p.add_argument("--preprocessing", default=None, choices=_PREPROCESSING,
                    help="what the model expects its input scaled to (default none: pixels 0-255)")
+    p.add_argument("--chunk-size", type=_positive_int, default=None, metavar="N",
+                   help="images per forward pass of occlusion, SmoothGrad and integrated gradients (default: the "
+                        "batch size fastest for this model on this machine, measured at export; export on the kind "
+                        "of machine that serves, or give it)")
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -128,7 +132,8 @@ def run_export(args: argparse.Namespace) -> int:
 
     try:
         version_dir = export_keras_file(args.keras_model, args.name, args.export_dir, labels_file=args.labels,
-                                        image_size=args.image_size, preprocessing=args.preprocessing)
+                                        image_size=args.image_size, preprocessing=args.preprocessing,
+                                        chunk_size=args.chunk_size)
     except (ExportError, ValueError, FileNotFoundError, OSError) as e:
         print(f"glimpse export: error: {e}", file=sys.stderr)
         return 2

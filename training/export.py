@@ -67,7 +67,7 @@ from glimpse_wire.contract import (
 if TYPE_CHECKING:  # pragma: no cover
     import keras
 
-    from training.explain import ExplainMethod, GraphExplainer
+    from training.explain import ExplainerConfig, ExplainMethod, GraphExplainer
 
 __all__ = [
     "PREPROCESSING_CHOICES",
@@ -282,6 +282,7 @@ def export_classifier(
     card: Mapping[str, Any] | None = None,
     examples: Iterable[Any] | None = None,
     activation_layers: Sequence[str] | None = None,
+    explainer_config: ExplainerConfig | None = None,
 ) -> Path:
     """Export ``model`` as the next version of ``<export_base>/<name>``; returns the new version directory.
 
@@ -294,6 +295,9 @@ def export_classifier(
     ``examples``: held-out records written to ``<export_base>/<name>/examples/test.tfrecord``.
     ``activation_layers``: the layers ``explain_activations`` may show (top-level, 4-D outputs; the Grad-CAM layer
     is added when missing); None = :func:`find_activation_layers`. The model card lists them in index order.
+    ``explainer_config``: the explanation signatures' knobs (``training.explain.ExplainerConfig``); by default the
+    chunk size of the expanding methods is measured here, on the exporting machine, and the model card records it
+    (``explain_chunk_size``): export on the kind of machine that will serve, or fix ``chunk_size``.
     """
     spec = _check_model(model, class_names, image_size, channels, preprocessing, gradcam_layer, name)
     if activation_layers is None:
@@ -311,7 +315,7 @@ def export_classifier(
     base = Path(export_base) / name
     base.mkdir(parents=True, exist_ok=True)
 
-    explainer = _make_explainer(model, gradcam_layer, activation_layers)
+    explainer = _make_explainer(model, gradcam_layer, activation_layers, explainer_config)
     tmp = base / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
     try:
         signatures = _write_saved_model(model, explainer, spec, tmp)
@@ -341,6 +345,7 @@ def export_keras_file(
     labels_file: str | Path | None = None,
     image_size: int | tuple[int, int] | None = None,
     preprocessing: str | None = None,
+    chunk_size: int | None = None,
 ) -> Path:
     """Wrap an existing functional Keras classifier (``.keras`` or ``.h5``) into the contract; returns the version dir.
 
@@ -348,9 +353,12 @@ def export_keras_file(
     the model's input size is not fixed; otherwise it must match. ``preprocessing``: what the model expects, one of
     :data:`PREPROCESSING_CHOICES` (default ``none``: the model already takes 0-255 pixels); anything else is prepended
     in front of the model so that the exported model takes 0-255 pixels. A model with no 4-D layer is exported
-    without ``explain_gradcam`` (the other explanations still work) and the model card says so.
+    without ``explain_gradcam`` (the other explanations still work) and the model card says so. ``chunk_size``:
+    images per pass of the expanding explanations (``ExplainerConfig.chunk_size``); default measured here.
     """
     import keras
+
+    from training.explain import ExplainerConfig
 
     path = Path(keras_path)
     if not path.is_file():
@@ -362,6 +370,8 @@ def export_keras_file(
         choices = ", ".join(PREPROCESSING_CHOICES)
         raise ExportError(f"unknown preprocessing {preprocessing!r}; expected one of {choices}")
     try:
+        import training.layers  # noqa: F401 - registers Glimpse's own layers, which saved models may hold
+
         loaded = keras.models.load_model(str(path), compile=False)
     except Exception as e:  # noqa: BLE001 - Keras raises many kinds for an unreadable file
         raise ExportError(f"cannot load Keras model {path}: {type(e).__name__}: {e}") from e
@@ -420,6 +430,7 @@ def export_keras_file(
         preprocessing=preprocessing,
         gradcam_layer=layer,
         card=card,
+        explainer_config=ExplainerConfig(chunk_size=chunk_size),
     )
 
 
@@ -446,6 +457,8 @@ _MANAGED_CARD_KEYS = frozenset(
         "activation_layers",
         "signatures",
         "explain_methods",
+        "explain_chunk_size",
+        "occlusion_engine",
         "glimpse_version",
         "contract_version",
         "created",
@@ -555,11 +568,13 @@ def _has_conv_kernel(layer: Any) -> bool:
     return any(len(w.shape) == 4 for w in weights)
 
 
-def _make_explainer(model: Any, gradcam_layer: str | None, activation_layers: Sequence[str]) -> GraphExplainer:
+def _make_explainer(
+    model: Any, gradcam_layer: str | None, activation_layers: Sequence[str], config: ExplainerConfig | None
+) -> GraphExplainer:
     from training.explain import GraphExplainer  # imports TensorFlow: only when exporting (see the module docstring)
 
     try:
-        return GraphExplainer(model, gradcam_layer, activation_layers=activation_layers)
+        return GraphExplainer(model, gradcam_layer, config, activation_layers=activation_layers)
     except ValueError as e:
         raise ExportError(f"cannot build the explanation signatures: {e}") from e
 
@@ -744,6 +759,9 @@ def _model_card(
         ],
         "signatures": list(methods),
         "explain_methods": explain,
+        "explain_chunk_size": _chunk_record(explainer),
+        # how explain_occlusion's exact mode runs for this model on the exporting machine (the explain API says it)
+        "occlusion_engine": explainer.occlusion_engine.as_dict() if "occlusion" in explain else None,
         "metrics": {},
         "training": {},
         "dataset": {},
@@ -757,6 +775,21 @@ def _model_card(
         card["notes"] = [f"no 4-D conv layer: {' and '.join(missing)} {verb} not exported; the other explanations are"]
     card.update(extra)
     return card
+
+
+def _chunk_record(explainer: GraphExplainer) -> dict[str, Any]:
+    """The chunk size traced into the expanding methods' signatures and, when it was measured, on what and how: the
+    median milliseconds per image of each batch size tried (``training.explain.calibrate``). A size fixed by the
+    caller has no measurement (``measured_on`` null)."""
+    calibration = explainer.calibration
+    if calibration is None:
+        return {"chunk_size": explainer.chunk_size, "measured_on": None, "per_image_ms": {}, "calibration_s": None}
+    return {
+        "chunk_size": calibration.chunk_size,
+        "measured_on": calibration.device,
+        "per_image_ms": {str(b): round(t * 1e3, 3) for b, t in calibration.per_image_s.items()},
+        "calibration_s": round(calibration.seconds, 2),
+    }
 
 
 def _json_default(value: Any) -> Any:

@@ -83,7 +83,9 @@ def _keras_application(name: str, inputs: Any, weights: str | None) -> tuple[Any
         x = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocessing")(inputs)
         ctor, preprocessing, layer = keras.applications.MobileNetV2, "scale_-1_1", "out_relu"
     else:
-        x = keras.layers.Lambda(lambda t: keras.ops.flip(t, axis=-1), name="rgb_to_bgr")(inputs)
+        from training.layers import ReverseChannels
+
+        x = ReverseChannels(name="rgb_to_bgr")(inputs)
         x = keras.layers.Normalization(mean=[103.939, 116.779, 123.68], variance=[1.0, 1.0, 1.0],
                                        name="preprocessing")(x)
         ctor, preprocessing, layer = keras.applications.ResNet50, "caffe", "conv5_block3_out"

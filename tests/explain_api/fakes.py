@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from explain_api.occlusion import adaptive_evaluations, occlusion_geometry
 from glimpse_wire import contract as c
 from glimpse_wire.client import (
     ClassifyResult,
@@ -142,6 +143,9 @@ class FakeServing:
                 c.OUT_SCORE: TensorSpec("DT_FLOAT", (None,)),
                 c.OUT_PROBABILITIES: TensorSpec("DT_FLOAT", (None, n)),
             }
+            if method == "occlusion":
+                outputs[c.OUT_EVALUATED_POSITIONS] = TensorSpec("DT_INT32", (None,))
+                outputs[c.OUT_OCCLUSION_ENGINE] = TensorSpec("DT_INT32", (None,))
             if method == c.ACTIVATIONS_METHOD:
                 outputs = {
                     c.OUT_GRID: TensorSpec("DT_FLOAT", (None, 2 * h, 2 * w)),
@@ -257,12 +261,31 @@ class FakeServing:
                     c.OUT_SCORE: probs[np.arange(len(target)), target],
                     c.OUT_PROBABILITIES: probs,
                 }
+                if method == "occlusion":
+                    outputs.update(self._occlusion_facts(inputs, pixels.shape[1:3], len(target)))
         if output_filter:
             missing = [a for a in output_filter if a not in outputs]
             if missing:
                 raise InvalidArgument(f"output tensor alias not found in signature: {missing[0]}")
             outputs = {a: outputs[a] for a in output_filter}
         return PredictResult(ModelRef(model, v, signature), outputs)
+
+    @staticmethod
+    def _occlusion_facts(inputs: Mapping[str, Any], size: tuple[int, int], batch: int) -> dict[str, np.ndarray]:
+        """The graph's occlusion outputs for the request's first image: positions evaluated (all of the grid, or
+        adaptive's count) and the engine (naive for mode naive, else incremental)."""
+
+        def first(name: str) -> int:
+            return int(np.asarray(inputs.get(name, [0])).reshape(-1)[0])
+
+        grid = occlusion_geometry(size[0], size[1], first("patch_size"), first("stride"))
+        mode = c.OCCLUSION_MODES[first("mode")]
+        evaluated = adaptive_evaluations(grid) if mode == "adaptive" else grid.positions
+        engine = c.OCCLUSION_ENGINES.index("naive" if mode == "naive" else "incremental")
+        return {
+            c.OUT_EVALUATED_POSITIONS: np.full(batch, evaluated, np.int32),
+            c.OUT_OCCLUSION_ENGINE: np.full(batch, engine, np.int32),
+        }
 
     def _activations(self, pixels: np.ndarray, layers: np.ndarray) -> dict[str, np.ndarray]:
         h, w = self.input_size

@@ -218,7 +218,10 @@ def test_every_method_through_multipart(client, fake: FakeServing, method: str) 
     assert r.status_code == 200, r.get_json()
     body = r.get_json()
     assert body["method"] == method
-    assert set(body["params"]) == {p.name for p in c.METHOD_PARAMS[method]}
+    facts = {"grid_positions", "evaluated_positions", "engine"} if method == "occlusion" else set()
+    assert set(body["params"]) == {p.name for p in c.METHOD_PARAMS[method]} | facts
+    if method == "occlusion":
+        assert body["params"]["engine"] == "incremental" and body["params"]["evaluated_positions"] == 64
     assert body["results"][0]["heatmap"]["shape"] == [8, 8]
     assert fake.calls_of("Predict")[-1].signature == c.explain_signature(method)
 
@@ -278,7 +281,15 @@ def test_explain_batch_is_one_grpc_call(client, fake: FakeServing) -> None:
 
 def test_explain_params_from_form_fields_and_query(client, fake: FakeServing) -> None:
     r = client.post("/v1/models/tiny:explain?method=occlusion&stride=4", **multipart(solid(RED), patch_size=8))
-    assert r.status_code == 200 and r.get_json()["params"] == {"patch_size": 8, "stride": 4}
+    assert r.status_code == 200
+    assert r.get_json()["params"] == {
+        "patch_size": 8,
+        "stride": 4,
+        "mode": "exact",
+        "grid_positions": 64,  # the fake model's 32x32 input, a stride of 4
+        "evaluated_positions": 64,
+        "engine": "incremental",
+    }
     r = client.post(
         "/v1/models/tiny:explain", **multipart(solid(RED), method="smoothgrad", params=json.dumps({"num_samples": 2}))
     )

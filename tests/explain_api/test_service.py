@@ -70,7 +70,7 @@ def test_params_get_defaults_types_and_ranges() -> None:
 
 def test_blackbox_occlusion_accepts_its_own_scaling_params() -> None:
     got = service.validate_params("occlusion", {"input_scale": "0.5"}, blackbox=True)
-    assert got == {"patch_size": 0, "stride": 0, "input_scale": 0.5, "input_offset": 0.0}
+    assert got == {"patch_size": 0, "stride": 0, "mode": 0, "input_scale": 0.5, "input_offset": 0.0}
     assert "input_scale" in _error(service.validate_params, "gradcam", {"input_scale": 1}, blackbox=True).message
 
 

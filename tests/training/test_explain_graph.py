@@ -25,6 +25,7 @@ from glimpse_wire.contract import (
     OUT_LAYER_NAME,
     OUT_PROBABILITIES,
     OUT_SCORE,
+    explain_outputs,
     explain_signature,
 )
 from training.explain import (
@@ -212,7 +213,8 @@ def test_activation_grid_normalises_each_image_over_its_whole_grid():
 @pytest.mark.parametrize("method", ATTRIBUTION_METHODS)
 def test_every_method_returns_the_contract_outputs(functions, images, model, method):
     out = _run(functions, method, images, [-1, 0, 2])
-    assert set(out) == {OUT_HEATMAP, OUT_ATTRIBUTION, OUT_CLASS_INDEX, OUT_SCORE, OUT_PROBABILITIES}
+    assert set(out) == set(explain_outputs(method))
+    assert {OUT_HEATMAP, OUT_ATTRIBUTION, OUT_CLASS_INDEX, OUT_SCORE, OUT_PROBABILITIES} <= set(out)
     assert out[OUT_HEATMAP].shape == (3, SIZE, SIZE) and out[OUT_HEATMAP].dtype == np.float32
     assert out[OUT_HEATMAP].min() >= 0.0 and out[OUT_HEATMAP].max() <= 1.0
     assert np.isfinite(out[OUT_ATTRIBUTION]).all() and out[OUT_ATTRIBUTION].shape[0] == 3
@@ -454,9 +456,10 @@ def test_parameter_count_must_match_the_batch(explainer, images):
         explainer.explain("vanilla_gradients", images, [0, 0])
 
 
-def test_unknown_or_missing_parameters_are_type_errors(explainer, images):
-    with pytest.raises(TypeError, match="missing"):
-        explainer.explain("smoothgrad", images, [0, 0, 0], num_samples=2, noise=1.0)
+def test_missing_parameters_take_their_defaults_and_unknown_ones_are_type_errors(explainer, images):
+    partial = explainer.explain("smoothgrad", images, [0, 0, 0], num_samples=2, noise=1.0)
+    full = explainer.explain("smoothgrad", images, [0, 0, 0], num_samples=2, noise=1.0, seed=0)
+    np.testing.assert_array_equal(partial[OUT_ATTRIBUTION].numpy(), full[OUT_ATTRIBUTION].numpy())
     with pytest.raises(TypeError, match="unexpected"):
         explainer.explain("vanilla_gradients", images, [0, 0, 0], n_steps=3)
     with pytest.raises(ValueError, match="unknown method"):

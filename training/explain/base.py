@@ -114,10 +114,11 @@ def prepare(model: ExplainModel, method: str, images: Any, class_index: Any, par
     """Convert a request for ``method`` to :class:`Inputs`, with the checks the contract implies.
 
     ``images``: [B,H,W,C] at the model's input shape (ValueError otherwise); ``class_index`` and every parameter: a
-    scalar (broadcast to [B]) or one value per image. Exactly the method's ``METHOD_PARAMS`` must be given (TypeError
-    naming the unexpected and missing ones). In the graph: every [B] input must have B values, ``class_index`` must be
-    in [-1, C-1] and each numeric parameter within its contract bounds (InvalidArgumentError naming the method and
-    the parameter).
+    scalar (broadcast to [B]) or one value per image. ``params`` holds some of the method's ``METHOD_PARAMS``; a
+    missing one takes its contract default, so that callers written before a parameter was added keep working
+    (TypeError naming any parameter the method does not have). In the graph: every [B] input must have B values,
+    ``class_index`` must be in [-1, C-1] and each numeric parameter within its contract bounds (InvalidArgumentError
+    naming the method and the parameter).
     """
     images = tf.convert_to_tensor(images, dtype=tf.float32)
     if images.shape.rank != 4 or tuple(images.shape[1:]) != model.image_shape:
@@ -131,12 +132,11 @@ def prepare(model: ExplainModel, method: str, images: Any, class_index: Any, par
     checks.append(tf.debugging.assert_greater_equal(class_index, -1, message=message))
     expected = {p.name: p for p in METHOD_PARAMS[method]}
     unknown = sorted(set(params) - set(expected))
-    missing = sorted(set(expected) - set(params))
-    if unknown or missing:
-        raise TypeError(f"{method}: unexpected parameters {unknown}, missing parameters {missing}")
+    if unknown:
+        raise TypeError(f"{method}: unexpected parameters {unknown}; the method takes {sorted(expected)}")
     values: dict[str, tf.Tensor] = {}
     for name, spec in expected.items():
-        value, check = _per_example(method, name, params[name], param_dtype(spec), batch)
+        value, check = _per_example(method, name, params.get(name, spec.default), param_dtype(spec), batch)
         checks.append(check)
         if spec.dtype != "bool":
             if spec.minimum is not None:
@@ -245,14 +245,17 @@ def expanded_sum(
 
 
 def expanded_values(model: ExplainModel, total: tf.Tensor, item_fn: Callable[[tf.Tensor], tf.Tensor]) -> tf.Tensor:
-    """Concatenate ``item_fn(idx [m]) -> [m]`` over items 0..total-1, in chunks of ``model.chunk_size``."""
+    """Concatenate ``item_fn(idx [m]) -> [m]`` over items 0..total-1, in chunks of ``model.chunk_size`` ([0] when
+    ``total`` is 0)."""
     chunk = model.chunk_size
     n_chunks = (total + chunk - 1) // chunk
-    out0 = tf.TensorArray(tf.float32, size=n_chunks, infer_shape=False, element_shape=tf.TensorShape([None]))
+    # slot 0 holds an empty vector, so that the concatenation is defined when there are no items
+    out0 = tf.TensorArray(tf.float32, size=n_chunks + 1, infer_shape=False, element_shape=tf.TensorShape([None]))
+    out0 = out0.write(0, tf.zeros([0], tf.float32))
 
     def body(i: tf.Tensor, out: tf.TensorArray) -> tuple[tf.Tensor, tf.TensorArray]:
         idx = tf.range(i * chunk, tf.minimum((i + 1) * chunk, total))
-        return i + 1, out.write(i, item_fn(idx))
+        return i + 1, out.write(i + 1, item_fn(idx))
 
     _, out = tf.while_loop(
         lambda i, _: i < n_chunks, body, (tf.constant(0), out0), parallel_iterations=_PARALLEL_CHUNKS

@@ -18,7 +18,9 @@ import tensorflow as tf
 from glimpse_wire.contract import IN_CLASS_INDEX, IN_IMAGES
 from training.explain.activations import grid_shapes
 from training.explain.base import param_dtype, prepare
+from training.explain.calibrate import Calibration
 from training.explain.model import ExplainerConfig, ExplainModel
+from training.explain.occlusion import EngineChoice, occlusion_engine
 from training.explain.registry import REGISTRY, attribution_methods, get_method
 
 __all__ = ["GraphExplainer"]
@@ -65,6 +67,17 @@ class GraphExplainer:
     def chunk_size(self) -> int:
         """Images per forward/backward pass of the expanding methods (``ExplainerConfig.chunk_size``, resolved)."""
         return self._model.chunk_size
+
+    @property
+    def calibration(self) -> Calibration | None:
+        """How ``chunk_size`` was measured on this machine, or None when the config fixed it."""
+        return self._model.calibration
+
+    @property
+    def occlusion_engine(self) -> EngineChoice:
+        """How occlusion's exact mode computes the occluded copies for this model here, and why (measured on first
+        use unless ``ExplainerConfig.occlusion_engine`` fixes it)."""
+        return occlusion_engine(self._model)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

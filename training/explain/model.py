@@ -8,12 +8,15 @@ of them looks at Keras layers itself. ``ExplainerConfig`` holds the knobs that b
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import keras
 import tensorflow as tf
+
+from training.explain.calibrate import Calibration, fastest_batch
 
 __all__ = ["ExplainerConfig", "ExplainModel", "Forward"]
 
@@ -27,6 +30,8 @@ _ACTIVATION_LAYERS: tuple[type, ...] = tuple(
     if cls is not None
 )
 _TINY = 1e-30
+# One calibration per model: every explainer of it (the exporter's, a callback's per method) reuses it.
+_CALIBRATIONS: weakref.WeakKeyDictionary[Any, Calibration] = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -35,18 +40,25 @@ class ExplainerConfig:
 
     chunk_size: images per forward/backward pass when a method expands one image into many (occlusion positions,
         SmoothGrad samples, integrated-gradients steps); the expanded images of the whole batch are packed densely.
-        It is fixed when the graph is traced; None picks 64 if a GPU is visible when the explainer is built, else 4
-        (on 2 CPU cores MobileNetV2 224 runs fastest per image at batches of about 4, two chunks in flight: larger
-        ones fall out of cache; a GPU wants 64 or more). Export on the kind of machine that will serve, or set it.
+        It is fixed when the graph is traced. None measures it when the explainer is built: the batch size at which
+        this model's forward pass is fastest per image on this machine (``training.explain.calibrate``; once per
+        model, a few seconds for MobileNetV2 224). The fastest size depends on the model and the device (4 on one
+        2-core CPU, 32 on another; a GPU gains from larger ones), so export on the kind of machine that will serve,
+        or set it.
     max_occlusion_positions: upper bound on patch positions per image (a request over it fails with a clear
         InvalidArgumentError instead of running for minutes).
     heatmap_percentile: gradient-method heatmaps are divided by this percentile of the per-pixel magnitude and
         clipped to [0, 1] (the SmoothGrad paper's display convention), so one hot pixel does not blank the map.
+    occlusion_engine: how occlusion's exact mode computes the occluded copies: "auto" measures the incremental
+        engine against whole forward passes for this model on this machine when the signature is traced and takes
+        the faster (``training.explain.occlusion.occlusion_engine``); "incremental" or "naive" fix it (the map is
+        the same; "incremental" raises ValueError for a model whose layers it cannot run).
     """
 
     chunk_size: int | None = None
     max_occlusion_positions: int = 4096
     heatmap_percentile: float = 99.0
+    occlusion_engine: str = "auto"
 
     def __post_init__(self) -> None:
         if self.chunk_size is not None and self.chunk_size < 1:
@@ -55,6 +67,8 @@ class ExplainerConfig:
             raise ValueError(f"max_occlusion_positions must be >= 1, got {self.max_occlusion_positions}")
         if not 0.0 < self.heatmap_percentile <= 100.0:
             raise ValueError(f"heatmap_percentile must be in (0, 100], got {self.heatmap_percentile}")
+        if self.occlusion_engine not in ("auto", "incremental", "naive"):
+            raise ValueError(f"occlusion_engine must be auto, incremental or naive, got {self.occlusion_engine!r}")
 
 
 @dataclass(frozen=True)
@@ -77,6 +91,9 @@ class ExplainModel:
     channels ``activations`` may show, selected per example by index; the Grad-CAM layer is always one of them
     (appended when missing) and is what index -1 picks (``default_layer``). None: just the Grad-CAM layer.
     Raises ValueError for a model or layer that does not fit.
+
+    ``chunk_size``: the images per pass of the expanding methods, as the config gives it or as measured;
+    ``calibration``: that measurement (None when the config fixed the size), which the exporter records.
     """
 
     def __init__(
@@ -87,7 +104,6 @@ class ExplainModel:
         activation_layers: Sequence[str] | None = None,
     ) -> None:
         self.config = config or ExplainerConfig()
-        self.chunk_size: int = self.config.chunk_size or (64 if tf.config.list_physical_devices("GPU") else 4)
         if isinstance(model, keras.Sequential) or not hasattr(model, "inputs") or model.inputs is None:
             raise ValueError("GraphExplainer needs a functional Keras model: keras.Model(inputs, outputs)")
         if len(model.inputs) != 1 or len(model.outputs) != 1:
@@ -158,6 +174,15 @@ class ExplainModel:
             if names and self._activation_index is not None
             else None
         )
+        # measured last, once the model has passed every check
+        self.calibration: Calibration | None
+        self.chunk_size: int
+        if self.config.chunk_size is None:
+            self.calibration = _calibrated(model, self.image_shape)
+            self.chunk_size = self.calibration.chunk_size
+        else:
+            self.calibration = None
+            self.chunk_size = self.config.chunk_size
 
     @property
     def has_gradcam_layer(self) -> bool:
@@ -214,6 +239,14 @@ class ExplainModel:
             raise ValueError("this model has no activation layer (no 4-D conv activation); use another method")
         outs = self._layers_net(images, training=False)
         return tf.cast(outs[0], tf.float32), list(outs[1:])
+
+
+def _calibrated(model: keras.Model, image_shape: tuple[int, int, int]) -> Calibration:
+    """``model``'s fastest forward batch size here, measured on first use (:func:`fastest_batch`)."""
+    calibration = _CALIBRATIONS.get(model)
+    if calibration is None:
+        calibration = _CALIBRATIONS[model] = fastest_batch(model, image_shape)
+    return calibration
 
 
 def _softmax_kind(layer: Any) -> str | None:

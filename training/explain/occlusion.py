@@ -1,17 +1,44 @@
-"""Occlusion sensitivity (tf-explain's OcclusionSensitivity, generalised to any stride).
+"""Occlusion sensitivity (tf-explain's OcclusionSensitivity, generalised to any stride), exact or adaptive.
 
 A grey square (127.5, mid-grey of the 0-255 input) of side ``patch_size`` is put at each grid position
 ``(i*s, j*s)``; the map at that cell is ``1 - p_c(occluded image)``; the ``ceil(H/s) x ceil(W/s)`` grid is resized
 bilinearly (half-pixel centres, as tf-explain's cv2.resize) to [H,W]. With stride = patch size (the default) the map is
 tf-explain's exactly; edge patches are cut at the border. ``attribution`` is that [B,H,W] map, ``heatmap`` its per-image
-min-max normalisation. Cost: 1 + ceil(H/s) * ceil(W/s) forward passes per image, packed into batches of
-``chunk_size`` across the whole request; more than ``ExplainerConfig.max_occlusion_positions`` per image fail fast.
+min-max normalisation. More than ``ExplainerConfig.max_occlusion_positions`` positions per image fail fast.
+
+``mode`` (per image, ``glimpse_wire.contract.OCCLUSION_MODES``):
+
+- ``exact`` (0): every cell. Each occluded copy's output comes from the incremental engine
+  (``training.explain.incremental``: the image's activations once, then per layer only what the patch changes) when
+  the model's layers allow it and it was measured faster than whole forward passes for this model on this device
+  (:func:`occlusion_engine`); otherwise from whole forward passes. The map is the same either way.
+- ``naive`` (1): every cell, one whole forward pass per occluded copy.
+- ``adaptive`` (2): the cells of every ``ADAPTIVE_COARSE_STEP``-th row and column, the others interpolated from them,
+  then the ``ADAPTIVE_REFINE_FRACTION`` of the interpolated cells with the highest estimate evaluated too (the
+  contract's rule, which the explain API's black-box path follows as well).
+
+Occluded copies are packed densely across the request into passes of ``chunk_size``.
 """
 
 from __future__ import annotations
 
+import statistics
+import time
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 import tensorflow as tf
 
+from glimpse_wire.contract import (
+    ADAPTIVE_COARSE_STEP,
+    ADAPTIVE_REFINE_FRACTION,
+    OCCLUSION_ENGINES,
+    OCCLUSION_MODES,
+    OUT_EVALUATED_POSITIONS,
+    OUT_OCCLUSION_ENGINE,
+)
 from training.explain.base import (
     ExplainMethod,
     Inputs,
@@ -22,12 +49,46 @@ from training.explain.base import (
     minmax_heatmap,
     target_class,
 )
+from training.explain.incremental import IncrementalOcclusion, plan, supports_incremental
 from training.explain.model import ExplainModel
 
-__all__ = ["GREY_VALUE", "METHOD", "occlusion_geometry", "explain_occlusion"]
+__all__ = ["GREY_VALUE", "METHOD", "EngineChoice", "occlusion_engine", "occlusion_geometry", "explain_occlusion"]
 
 # tf-explain's occlusion patch value (utils/image.py apply_grey_patch); our models take 0-255, so it is mid-grey.
 GREY_VALUE = 127.5
+_EXACT, _NAIVE, _ADAPTIVE = (OCCLUSION_MODES.index(name) for name in ("exact", "naive", "adaptive"))
+# Timing of the two engines when an explainer is built: rounds of (naive, incremental), alternated.
+_ENGINE_ROUNDS = 3
+
+
+@dataclass(frozen=True)
+class EngineChoice:
+    """How ``mode=exact`` computes the occluded outputs for one model on this device, and why.
+
+    ``engine``: "incremental" or "naive". ``reason``: a sentence for the model card and the API. ``naive_s`` and
+    ``incremental_s``: the measured median seconds of one image's default grid (None when not measured).
+    ``macs_fraction``: the incremental engine's multiply-adds per copy over a whole forward pass at the default grid.
+    """
+
+    engine: str
+    reason: str
+    naive_s: float | None = None
+    incremental_s: float | None = None
+    macs_fraction: float | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "engine": self.engine,
+            "reason": self.reason,
+            "naive_ms": None if self.naive_s is None else round(self.naive_s * 1000, 1),
+            "incremental_ms": None if self.incremental_s is None else round(self.incremental_s * 1000, 1),
+            "macs_fraction": None if self.macs_fraction is None else round(self.macs_fraction, 3),
+        }
+
+
+_CHOICES: weakref.WeakKeyDictionary[Any, dict[tuple[int, str], tuple[EngineChoice, IncrementalOcclusion | None]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def occlusion_geometry(
@@ -48,10 +109,151 @@ def occlusion_geometry(
     return patch, step, rows, cols
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# The two ways of computing p_c for a list of occluded copies
+
+
+def _naive_confidence(
+    model: ExplainModel,
+    images: tf.Tensor,
+    ids: tf.Tensor,
+    tops: tf.Tensor,
+    lefts: tf.Tensor,
+    patches: tf.Tensor,
+    classes: tf.Tensor,
+) -> tf.Tensor:
+    """p_{classes[i]} of image ids[i] with a grey square patches[i] at (tops[i], lefts[i]): whole forward passes."""
+    height, width = model.image_shape[:2]
+    ys = tf.range(height)[tf.newaxis, :]
+    xs = tf.range(width)[tf.newaxis, :]
+    top, left, size = tops[:, tf.newaxis], lefts[:, tf.newaxis], patches[:, tf.newaxis]
+    in_rows = (ys >= top) & (ys < top + size)  # [m,H]
+    in_cols = (xs >= left) & (xs < left + size)  # [m,W]
+    mask = (in_rows[:, :, tf.newaxis] & in_cols[:, tf.newaxis, :])[..., tf.newaxis]
+    occluded = tf.where(mask, tf.constant(GREY_VALUE, tf.float32), tf.gather(images, ids))
+    probs = model.forward(occluded).probabilities
+    return tf.gather(probs, classes, batch_dims=1)
+
+
+def _incremental_confidence(
+    engine: IncrementalOcclusion,
+    base: dict[int, tf.Tensor],
+    ids: tf.Tensor,
+    tops: tf.Tensor,
+    lefts: tf.Tensor,
+    patches: tf.Tensor,
+    classes: tf.Tensor,
+) -> tf.Tensor:
+    """The same as :func:`_naive_confidence`, from the incremental engine on the images' ``base`` activations."""
+    probs = tf.cast(engine.occluded(base, ids, tops, lefts, patches, GREY_VALUE), tf.float32)
+    return tf.gather(probs, classes, batch_dims=1)
+
+
+def _confidences(
+    model: ExplainModel,
+    engine: IncrementalOcclusion | None,
+    images: tf.Tensor,
+    base: dict[int, tf.Tensor] | None,
+    items: tf.Tensor,
+    ids: tf.Tensor,
+    tops: tf.Tensor,
+    lefts: tf.Tensor,
+    patch: tf.Tensor,
+    target: tf.Tensor,
+    naive: tf.Tensor,
+    total: tf.Tensor,
+) -> tf.Tensor:
+    """p_target for the grid items ``items`` (indices into the request's flat cell list), scattered into a [total]
+    vector (0 elsewhere). Items of images whose mode is naive (``naive`` [B]), or all items without an engine, run as
+    whole forward passes; the others incrementally from the images' ``base`` activations."""
+    parts = []
+    for use_engine in (False, True) if engine is not None else (False,):
+        on_naive = tf.gather(naive, tf.gather(ids, items)) if engine is not None else tf.ones_like(items, tf.bool)
+        chosen = tf.boolean_mask(items, on_naive != use_engine)
+        image = tf.gather(ids, chosen)
+        args = (
+            image,
+            tf.gather(tops, chosen),
+            tf.gather(lefts, chosen),
+            tf.gather(patch, image),
+            tf.gather(target, image),
+        )
+
+        def run(idx: tf.Tensor, args: tuple[tf.Tensor, ...] = args, use_engine: bool = use_engine) -> tf.Tensor:
+            picked = [tf.gather(a, idx) for a in args]
+            if use_engine:
+                return _incremental_confidence(engine, base, *picked)
+            return _naive_confidence(model, images, *picked)
+
+        values = expanded_values(model, tf.size(chosen), run)
+        parts.append((chosen, values))
+    out = tf.zeros([total], tf.float32)
+    for chosen, values in parts:
+        out = tf.tensor_scatter_nd_update(out, chosen[:, tf.newaxis], values)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Adaptive: interpolation of the coarse cells and the choice of the cells to refine
+
+
+def _interpolate(index: tf.Tensor, last: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """The coarse indices a <= index <= b around ``index`` (b = a past the last coarse index ``last``) and the
+    weight of b: index = (1 - w) a + w b."""
+    step = ADAPTIVE_COARSE_STEP
+    a = tf.minimum((index // step) * step, last)
+    b = tf.minimum(a + step, last)
+    span = tf.cast(tf.maximum(b - a, 1), tf.float32)
+    w = tf.where(b > a, tf.cast(index - a, tf.float32) / span, 0.0)
+    return a, b, w
+
+
+def _estimate(
+    values: tf.Tensor,
+    ids: tf.Tensor,
+    r: tf.Tensor,
+    c: tf.Tensor,
+    rows: tf.Tensor,
+    cols: tf.Tensor,
+    starts: tf.Tensor,
+) -> tf.Tensor:
+    """Each cell's value interpolated from the coarse cells' ``values`` [total]: along the columns of the two coarse
+    rows around it, then along the rows (the contract's order, float32)."""
+    n_rows, n_cols, start = tf.gather(rows, ids), tf.gather(cols, ids), tf.gather(starts, ids)
+    step = ADAPTIVE_COARSE_STEP
+    r_a, r_b, w_r = _interpolate(r, ((n_rows - 1) // step) * step)
+    c_a, c_b, w_c = _interpolate(c, ((n_cols - 1) // step) * step)
+
+    def at(row: tf.Tensor, col: tf.Tensor) -> tf.Tensor:
+        return tf.gather(values, start + row * n_cols + col)
+
+    upper = (1.0 - w_c) * at(r_a, c_a) + w_c * at(r_a, c_b)
+    lower = (1.0 - w_c) * at(r_b, c_a) + w_c * at(r_b, c_b)
+    return (1.0 - w_r) * upper + w_r * lower
+
+
+def _refine_items(candidates: tf.Tensor, estimate: tf.Tensor, ids: tf.Tensor, batch: tf.Tensor) -> tf.Tensor:
+    """Of the cell indices ``candidates`` (row-major per image), the ceil(fraction * U) of each image with the highest
+    ``estimate``, ties to the earlier cell."""
+    est = tf.gather(estimate, candidates)
+    image = tf.gather(ids, candidates)
+    order = tf.argsort(-est, stable=True)
+    order = tf.gather(order, tf.argsort(tf.gather(image, order), stable=True))  # grouped by image, best first
+    per_image = tf.math.unsorted_segment_sum(tf.ones_like(image), image, batch)
+    keep = tf.cast(tf.math.ceil(ADAPTIVE_REFINE_FRACTION * tf.cast(per_image, tf.float32)), tf.int32)
+    sorted_image = tf.gather(image, order)
+    rank = tf.range(tf.size(order)) - tf.gather(tf.cumsum(per_image, exclusive=True), sorted_image)
+    return tf.gather(candidates, tf.boolean_mask(order, rank < tf.gather(keep, sorted_image)))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+
+
 def explain_occlusion(model: ExplainModel, inputs: Inputs) -> dict[str, tf.Tensor]:
     """The occlusion map of each image for its target class (see the module docstring)."""
     height, width = model.image_shape[:2]
     patch, step, rows, cols = occlusion_geometry((height, width), inputs.params["patch_size"], inputs.params["stride"])
+    mode = inputs.params["mode"]
     counts = rows * cols
     limit = model.config.max_occlusion_positions
     too_many = tf.debugging.assert_less_equal(
@@ -62,42 +264,151 @@ def explain_occlusion(model: ExplainModel, inputs: Inputs) -> dict[str, tf.Tenso
     (images,) = gate(inputs, too_many)
     probabilities = model.forward(images).probabilities
     target = target_class(inputs.class_index, probabilities)
+    _, engine = _choice(model)
+    batch = tf.size(counts)
     total, ids, local = expand(counts)
-    tops = (local // tf.gather(cols, ids)) * tf.gather(step, ids)
-    lefts = (local % tf.gather(cols, ids)) * tf.gather(step, ids)
-    ys = tf.range(height)[tf.newaxis, :]
-    xs = tf.range(width)[tf.newaxis, :]
-
-    def occluded_confidence(idx: tf.Tensor) -> tf.Tensor:
-        item = tf.gather(ids, idx)
-        top = tf.gather(tops, idx)[:, tf.newaxis]
-        left = tf.gather(lefts, idx)[:, tf.newaxis]
-        size = tf.gather(patch, item)[:, tf.newaxis]
-        in_rows = (ys >= top) & (ys < top + size)  # [m,H]
-        in_cols = (xs >= left) & (xs < left + size)  # [m,W]
-        mask = (in_rows[:, :, tf.newaxis] & in_cols[:, tf.newaxis, :])[..., tf.newaxis]
-        occluded = tf.where(mask, tf.constant(GREY_VALUE, tf.float32), tf.gather(images, item))
-        probs = model.forward(occluded).probabilities
-        return tf.gather(probs, tf.gather(target, item), batch_dims=1)
-
-    confidence = expanded_values(model, total, occluded_confidence)
+    n_cols = tf.gather(cols, ids)
+    r, c = local // n_cols, local % n_cols
+    tops, lefts = r * tf.gather(step, ids), c * tf.gather(step, ids)
     starts = tf.cumsum(counts, exclusive=True)
+    adaptive = tf.gather(mode, ids) == _ADAPTIVE
+    coarse = (r % ADAPTIVE_COARSE_STEP == 0) & (c % ADAPTIVE_COARSE_STEP == 0)
+    first = ~adaptive | coarse
+    cells = tf.range(total)
+
+    base = engine.base(images) if engine is not None else None
+
+    def confidences(items: tf.Tensor) -> tf.Tensor:
+        return _confidences(model, engine, images, base, items, ids, tops, lefts, patch, target, mode == _NAIVE, total)
+
+    grid = 1.0 - confidences(tf.boolean_mask(cells, first))  # v = 1 - p_c, exact where evaluated
+    estimate = _estimate(grid, ids, r, c, rows, cols, starts)
+    refined = _refine_items(tf.boolean_mask(cells, ~first), estimate, ids, batch)
+    refined_values = 1.0 - tf.gather(confidences(refined), refined)
+    grid = tf.where(first, grid, estimate)
+    grid = tf.tensor_scatter_nd_update(grid, refined[:, tf.newaxis], refined_values)
 
     def to_map(args: tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]) -> tf.Tensor:
-        start, n, r, c = args
-        grid = 1.0 - tf.reshape(confidence[start : start + n], tf.stack([r, c, 1]))
-        return tf.image.resize(grid, (height, width), method="bilinear")[..., 0]
+        start, n, n_r, n_c = args
+        cells_map = tf.reshape(grid[start : start + n], tf.stack([n_r, n_c, 1]))
+        return tf.image.resize(cells_map, (height, width), method="bilinear")[..., 0]
 
     attribution = tf.map_fn(
         to_map,
         (starts, counts, rows, cols),
         fn_output_signature=tf.TensorSpec((height, width), tf.float32),
     )
-    return attribution_result(minmax_heatmap(attribution), attribution, target, probabilities)
+    evaluated = tf.math.unsorted_segment_sum(tf.cast(first, tf.int32), ids, batch) + tf.math.unsorted_segment_sum(
+        tf.ones_like(refined), tf.gather(ids, refined), batch
+    )
+    incremental = OCCLUSION_ENGINES.index("incremental" if engine is not None else "naive")
+    used = tf.where(mode == _NAIVE, OCCLUSION_ENGINES.index("naive"), incremental)
+    return {
+        **attribution_result(minmax_heatmap(attribution), attribution, target, probabilities),
+        OUT_EVALUATED_POSITIONS: tf.identity(evaluated, name=OUT_EVALUATED_POSITIONS),
+        OUT_OCCLUSION_ENGINE: tf.identity(used, name=OUT_OCCLUSION_ENGINE),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Which engine mode=exact uses: measured once per model on this device
+
+
+def occlusion_engine(model: ExplainModel) -> EngineChoice:
+    """How ``mode=exact`` computes this model's occluded outputs (measured once per model; see :class:`EngineChoice`).
+
+    The incremental engine is used when the model's layers allow it and one image's default grid
+    (``min(H, W) // 8`` patches, stride = patch) ran faster with it than with whole forward passes at the model's
+    chunk size, timed alternately over a few rounds on this device. On a tiny model the window bookkeeping costs more
+    than the convs it saves, and whole passes win.
+    """
+    return _choice(model)[0]
+
+
+def _choice(model: ExplainModel) -> tuple[EngineChoice, IncrementalOcclusion | None]:
+    """The engine for ``model``, cached per Keras model, chunk size and configured engine (the exporter builds one
+    explainer per signature; they share the measurement)."""
+    wanted = model.config.occlusion_engine
+    per_model = _CHOICES.setdefault(model.model, {})
+    key = (model.chunk_size, wanted)
+    if key not in per_model:
+        if wanted == "auto":
+            with tf.init_scope():  # measured eagerly, also when first asked while a signature is being traced
+                per_model[key] = _measure(model)
+        else:
+            per_model[key] = _configured(model, wanted)
+    return per_model[key]
+
+
+def _configured(model: ExplainModel, wanted: str) -> tuple[EngineChoice, IncrementalOcclusion | None]:
+    """The engine ``ExplainerConfig.occlusion_engine`` names, unmeasured (ValueError when the model's layers do not
+    allow the incremental one)."""
+    if wanted == "naive":
+        return EngineChoice("naive", "naive engine configured (ExplainerConfig.occlusion_engine)"), None
+    engine = IncrementalOcclusion(model.model)
+    height, width = model.image_shape[:2]
+    fraction = plan(model.model, max(1, min(height, width) // 8), max(1, min(height, width) // 8)).macs_fraction
+    reason = f"incremental engine configured (ExplainerConfig.occlusion_engine); {fraction:.0%} of the multiply-adds"
+    return EngineChoice("incremental", reason, macs_fraction=fraction), engine
+
+
+def _measure(model: ExplainModel) -> tuple[EngineChoice, IncrementalOcclusion | None]:
+    ok, reason = supports_incremental(model.model)
+    if not ok:
+        return EngineChoice("naive", f"incremental engine not applicable: {reason}"), None
+    engine = IncrementalOcclusion(model.model)
+    height, width, channels = model.image_shape
+    patch = max(1, min(height, width) // 8)
+    fraction = plan(model.model, patch, patch).macs_fraction
+    image = tf.constant(np.random.default_rng(0).uniform(0, 255, (1, height, width, channels)), tf.float32)
+    cells = [(t, x) for t in range(0, height, patch) for x in range(0, width, patch)]
+    ids = tf.zeros([len(cells)], tf.int32)
+    tops = tf.constant([t for t, _ in cells], tf.int32)
+    lefts = tf.constant([x for _, x in cells], tf.int32)
+    patches = tf.fill([len(cells)], patch)
+    classes = tf.zeros([len(cells)], tf.int32)
+
+    def chunked(use_engine: bool) -> tf.types.experimental.GenericFunction:
+        @tf.function(autograph=False)
+        def run() -> tf.Tensor:
+            base = engine.base(image) if use_engine else None
+
+            def chunk(idx: tf.Tensor) -> tf.Tensor:
+                args = [tf.gather(a, idx) for a in (ids, tops, lefts, patches, classes)]
+                if use_engine:
+                    return _incremental_confidence(engine, base, *args)
+                return _naive_confidence(model, image, *args)
+
+            return expanded_values(model, tf.constant(len(cells)), chunk)
+
+        return run
+
+    naive_fn, engine_fn = chunked(False), chunked(True)
+    naive_fn(), engine_fn()  # trace and warm up
+    naive_times, engine_times = [], []
+    for _ in range(_ENGINE_ROUNDS):
+        for fn, times in ((naive_fn, naive_times), (engine_fn, engine_times)):
+            start = time.perf_counter()
+            fn().numpy()
+            times.append(time.perf_counter() - start)
+    naive_s, engine_s = statistics.median(naive_times), statistics.median(engine_times)
+    faster = engine_s < naive_s
+    verdict = "faster" if faster else "not faster"
+    choice = EngineChoice(
+        "incremental" if faster else "naive",
+        f"incremental engine measured {verdict} than whole forward passes here "
+        f"({engine_s * 1000:.0f} vs {naive_s * 1000:.0f} ms for {len(cells)} positions; "
+        f"{fraction:.0%} of the multiply-adds)",
+        naive_s,
+        engine_s,
+        fraction,
+    )
+    return choice, engine if faster else None
 
 
 METHOD = ExplainMethod(
     name="occlusion",
     build=explain_occlusion,
-    summary="Occlusion sensitivity: `1 - p_c` with a grey square at each grid position",
+    summary="Occlusion sensitivity: `1 - p_c` with a grey square at each grid position; exact (incremental), naive "
+    "or adaptive",
 )

@@ -57,11 +57,15 @@ def _number(value: float) -> str:
 
 
 def _param_cells(param: MethodParam) -> str:
+    """The cells of one parameter's row: name, dtype, default, range (for named choices: each value and its name),
+    meaning."""
     if isinstance(param.default, bool):
         default = str(param.default).lower()
     else:
         default = str(float(param.default)) if param.dtype == "float32" else str(param.default)
-    if param.minimum is None and param.maximum is None:
+    if param.choices:
+        bounds = ", ".join(f"{i} = `{name}`" for i, name in enumerate(param.choices))
+    elif param.minimum is None and param.maximum is None:
         bounds = "-"
     else:
         low = "" if param.minimum is None else _number(param.minimum)
@@ -72,7 +76,8 @@ def _param_cells(param: MethodParam) -> str:
 
 def parameter_table() -> str:
     """The Markdown table of every registered method's signature and per-example parameters (name, dtype, default,
-    range, meaning), as docs/contract.md shows it; one row per parameter, one row for a method without any."""
+    range or named choices, meaning), as docs/contract.md shows it; one row per parameter, one row for a method
+    without any."""
     lines = [
         "| signature | what it shows | parameter | dtype | default | range | meaning |",
         "|---|---|---|---|---|---|---|",
