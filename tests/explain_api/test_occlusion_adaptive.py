@@ -237,7 +237,8 @@ def test_in_graph_occlusion_sends_the_mode_and_names_it(make_app) -> None:
     r = _explain(make_app(fake).test_client(), "method=occlusion&mode=adaptive")
     assert r.status_code == 200 and r.get_json()["via"] == "signature"
     params = r.get_json()["params"]
-    assert {k: params[k] for k in ("patch_size", "stride", "mode")} == {"patch_size": 0, "stride": 0, "mode": "adaptive"}
+    shown = {k: params[k] for k in ("patch_size", "stride", "mode")}
+    assert shown == {"patch_size": 0, "stride": 0, "mode": "adaptive"}
     assert params["evaluated_positions"] == 28 and params["grid_positions"] == 64
     assert fake.inputs[-1]["mode"].tolist() == [2]
 
