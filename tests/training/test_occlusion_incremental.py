@@ -234,3 +234,16 @@ def test_exact_occlusion_matches_tf_explain_on_lite0_imagenet_224(patch):
     theirs = OcclusionSensitivity().get_sensitivity_map(model, photo, target, patch)
     assert np.ptp(theirs) > 0.01, "degenerate reference map"
     assert np.abs(ours[OUT_ATTRIBUTION].numpy()[0] - theirs).max() <= 1e-5
+
+
+@pytest.mark.slow
+def test_adaptive_quality_on_tux_paint_test_photos_does_not_regress():
+    """Adaptive against exact on the first 8 Tux Paint test photos, Lite0 ImageNet 224, patch 28. Measured: SSIM 0.897,
+    top-5% IoU 0.538 (docs/explanations.md; the issue's goals of 0.9 and 0.8 are not met). The floors sit below the
+    measurement and well above what a wrong grid gives: the exact grid shifted by one cell scores SSIM 0.66 and IoU
+    0.06 on the validation photos."""
+    from studies.occlusion import adaptive_quality, lite0_imagenet, tuxpaint_test_photos
+
+    quality = adaptive_quality(lite0_imagenet(), tuxpaint_test_photos(limit=8), 28).summary()
+    assert quality["ssim_mean"] >= 0.85, quality
+    assert quality["iou_mean"] >= 0.45, quality
