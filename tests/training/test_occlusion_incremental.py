@@ -16,7 +16,9 @@ import tensorflow as tf
 
 from explain_api.occlusion import adaptive_occlusion, occluded_copies
 from explain_api.occlusion import occlusion_geometry as numpy_geometry
-from glimpse_wire.contract import OCCLUSION_MODES, OUT_ATTRIBUTION, OUT_CLASS_INDEX
+from glimpse_wire.contract import OCCLUSION_ENGINES, OCCLUSION_MODES, OUT_ATTRIBUTION, OUT_CLASS_INDEX
+from glimpse_wire.contract import OUT_EVALUATED_POSITIONS as EVALUATED
+from glimpse_wire.contract import OUT_OCCLUSION_ENGINE as OCCLUSION_ENGINE
 from training.explain import ExplainerConfig, GraphExplainer
 from training.explain.incremental import IncrementalOcclusion, plan, supports_incremental
 from training.explain.occlusion import GREY_VALUE, occlusion_engine
@@ -159,40 +161,51 @@ def _explainer(model: keras.Model, engine: str) -> GraphExplainer:
     return GraphExplainer(model, None, ExplainerConfig(chunk_size=8, occlusion_engine=engine))
 
 
-@pytest.mark.parametrize(("patch", "stride"), [(8, 0), (11, 0), (12, 5)])
-def test_exact_mode_through_the_engine_equals_naive_mode(small_mobilenet, patch, stride):
-    model, images = small_mobilenet
+@pytest.fixture(scope="module")
+def occlusion_fn(small_mobilenet):
+    """The traced occlusion signature function of the small MobileNetV2 through the incremental engine, called with
+    per-image lists (traced once for the module)."""
+    model, _ = small_mobilenet
     explainer = _explainer(model, "incremental")
     assert occlusion_engine(explainer._model).engine == "incremental"
-    fn = explainer.function("occlusion")
-    n = len(images)
+    function = explainer.function("occlusion")
 
-    def run(mode: int):
-        return fn(images, tf.fill([n], -1), tf.fill([n], patch), tf.fill([n], stride), tf.fill([n], mode))
+    def run(images, patch, stride, mode, class_index=-1):
+        n = len(images)
+        per_image = [np.broadcast_to(np.asarray(v, np.int32), (n,)) for v in (class_index, patch, stride, mode)]
+        return function(np.asarray(images, np.float32), *per_image)
 
-    exact, naive = run(EXACT), run(NAIVE)
+    return run
+
+
+@pytest.mark.parametrize(("patch", "stride"), [(8, 0), (11, 0), (12, 5)])
+def test_exact_mode_through_the_engine_equals_naive_mode(small_mobilenet, occlusion_fn, patch, stride):
+    _, images = small_mobilenet
+    exact, naive = occlusion_fn(images, patch, stride, EXACT), occlusion_fn(images, patch, stride, NAIVE)
     np.testing.assert_array_equal(exact[OUT_CLASS_INDEX].numpy(), naive[OUT_CLASS_INDEX].numpy())
     assert np.abs(exact[OUT_ATTRIBUTION].numpy() - naive[OUT_ATTRIBUTION].numpy()).max() <= 1e-5
+    assert exact[OCCLUSION_ENGINE].numpy().tolist() == [OCCLUSION_ENGINES.index("incremental")] * len(images)
+    assert naive[OCCLUSION_ENGINE].numpy().tolist() == [OCCLUSION_ENGINES.index("naive")] * len(images)
 
 
-def test_modes_differ_per_image_in_one_batch(small_mobilenet):
-    """exact, naive and adaptive in one request: each image gets what it asked for."""
-    model, images = small_mobilenet
-    explainer = _explainer(model, "incremental")
+def test_modes_differ_per_image_in_one_batch(small_mobilenet, occlusion_fn):
+    """exact, naive and adaptive in one request: each image gets what it asked for, and says how many positions ran."""
+    _, images = small_mobilenet
     modes = [EXACT, NAIVE, ADAPTIVE]
-    mixed = explainer.occlusion(images, -1, 8, 0, modes)[OUT_ATTRIBUTION].numpy()
+    mixed = occlusion_fn(images, 8, 0, modes)
     for i, mode in enumerate(modes):
-        alone = explainer.occlusion(images[i : i + 1], -1, 8, 0, mode)[OUT_ATTRIBUTION].numpy()[0]
-        assert np.abs(mixed[i] - alone).max() <= 1e-5
+        alone = occlusion_fn(images[i : i + 1], 8, 0, mode)[OUT_ATTRIBUTION].numpy()[0]
+        assert np.abs(mixed[OUT_ATTRIBUTION].numpy()[i] - alone).max() <= 1e-5
+    # an 8x8 grid: 64 positions; adaptive: the 16 coarse ones and ceil(48 / 4) = 12 refined
+    assert mixed[EVALUATED].numpy().tolist() == [64, 64, 28]
 
 
 @pytest.mark.parametrize(("patch", "stride"), [(8, 0), (9, 0), (6, 5), (16, 0)])
-def test_adaptive_in_the_graph_equals_the_black_box_rule(small_mobilenet, patch, stride):
+def test_adaptive_in_the_graph_equals_the_black_box_rule(small_mobilenet, occlusion_fn, patch, stride):
     """The graph's adaptive map and explain_api.occlusion's (the same rule in NumPy, fed the model's scores) agree;
     both evaluate the same cells, so only float rounding separates them."""
     model, images = small_mobilenet
-    explainer = _explainer(model, "incremental")
-    ours = explainer.occlusion(images[:2], -1, patch, stride, ADAPTIVE)
+    ours = occlusion_fn(images[:2], patch, stride, ADAPTIVE)
     for i, image in enumerate(images[:2]):
         target = int(ours[OUT_CLASS_INDEX][i])
         grid = numpy_geometry(64, 64, patch, stride)
@@ -201,8 +214,9 @@ def test_adaptive_in_the_graph_equals_the_black_box_rule(small_mobilenet, patch,
             copies = occluded_copies(image, grid, [grid.position(c) for c in cells])
             return model(copies, training=False).numpy()[:, target]
 
-        theirs = adaptive_occlusion(grid, scores).attribution()
-        assert np.abs(ours[OUT_ATTRIBUTION].numpy()[i] - theirs).max() <= 1e-5
+        theirs = adaptive_occlusion(grid, scores)
+        assert np.abs(ours[OUT_ATTRIBUTION].numpy()[i] - theirs.attribution()).max() <= 1e-5
+        assert int(ours[EVALUATED][i]) == theirs.count
 
 
 def test_engine_choice_is_measured_and_recorded(small_mobilenet):
