@@ -7,6 +7,7 @@ import argparse
 import json
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import keras
 import pytest
@@ -204,16 +205,7 @@ def test_the_model_card_records_the_measured_chunk_size(exported_model: Exported
 
 @pytest.mark.slow
 def test_a_given_chunk_size_is_recorded_without_a_measurement(tmp_path: Path) -> None:
-    version_dir = export_classifier(
-        _tiny_classifier(),
-        ["a", "b"],
-        tmp_path,
-        "m",
-        image_size=8,
-        preprocessing="none",
-        gradcam_layer="conv",
-        explainer_config=ExplainerConfig(chunk_size=3),
-    )
+    version_dir = _export_tiny(tmp_path, explainer_config=ExplainerConfig(chunk_size=3))
     card = json.loads((version_dir / MODEL_CARD_ASSET).read_text())
     assert card["explain_chunk_size"] == {
         "chunk_size": 3,
@@ -225,16 +217,21 @@ def test_a_given_chunk_size_is_recorded_without_a_measurement(tmp_path: Path) ->
 
 def test_the_card_record_is_the_exporters_own(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="explain_chunk_size"):
-        export_classifier(
-            _tiny_classifier(),
-            ["a", "b"],
-            tmp_path,
-            "m",
-            image_size=8,
-            preprocessing="none",
-            gradcam_layer="conv",
-            card={"explain_chunk_size": 4},
-        )
+        _export_tiny(tmp_path, card={"explain_chunk_size": 4})
+
+
+def _export_tiny(tmp_path: Path, **kwargs: Any) -> Path:
+    """The tiny classifier exported to ``tmp_path`` as model ``m``, with extra exporter arguments."""
+    return export_classifier(
+        _tiny_classifier(),
+        ["a", "b"],
+        tmp_path,
+        "m",
+        image_size=8,
+        preprocessing="none",
+        gradcam_layer="conv",
+        **kwargs,
+    )
 
 
 def test_the_export_command_takes_a_chunk_size() -> None:

@@ -26,7 +26,7 @@ import statistics
 import time
 import weakref
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -113,40 +113,42 @@ def occlusion_geometry(
 # The two ways of computing p_c for a list of occluded copies
 
 
-def _naive_confidence(
+class _Copies(NamedTuple):
+    """Occluded copies: image ``ids[i]`` with a grey square of side ``patches[i]`` at (``tops[i]``, ``lefts[i]``),
+    scored for class ``classes[i]``; each field [m] int32."""
+
+    ids: tf.Tensor
+    tops: tf.Tensor
+    lefts: tf.Tensor
+    patches: tf.Tensor
+    classes: tf.Tensor
+
+    def pick(self, idx: tf.Tensor) -> _Copies:
+        return _Copies(*(tf.gather(field, idx) for field in self))
+
+
+def _confidence(
     model: ExplainModel,
     images: tf.Tensor,
-    ids: tf.Tensor,
-    tops: tf.Tensor,
-    lefts: tf.Tensor,
-    patches: tf.Tensor,
-    classes: tf.Tensor,
+    copies: _Copies,
+    engine: IncrementalOcclusion | None = None,
+    base: dict[int, tf.Tensor] | None = None,
 ) -> tf.Tensor:
-    """p_{classes[i]} of image ids[i] with a grey square patches[i] at (tops[i], lefts[i]): whole forward passes."""
+    """p_c of each copy [m]: from the incremental ``engine`` on the images' ``base`` activations when given, else
+    from whole forward passes of the occluded images."""
+    if engine is not None:
+        occluded = engine.occluded(base, copies.ids, copies.tops, copies.lefts, copies.patches, GREY_VALUE)
+        return tf.gather(tf.cast(occluded, tf.float32), copies.classes, batch_dims=1)
     height, width = model.image_shape[:2]
     ys = tf.range(height)[tf.newaxis, :]
     xs = tf.range(width)[tf.newaxis, :]
-    top, left, size = tops[:, tf.newaxis], lefts[:, tf.newaxis], patches[:, tf.newaxis]
+    top, left, size = copies.tops[:, tf.newaxis], copies.lefts[:, tf.newaxis], copies.patches[:, tf.newaxis]
     in_rows = (ys >= top) & (ys < top + size)  # [m,H]
     in_cols = (xs >= left) & (xs < left + size)  # [m,W]
     mask = (in_rows[:, :, tf.newaxis] & in_cols[:, tf.newaxis, :])[..., tf.newaxis]
-    occluded = tf.where(mask, tf.constant(GREY_VALUE, tf.float32), tf.gather(images, ids))
+    occluded = tf.where(mask, tf.constant(GREY_VALUE, tf.float32), tf.gather(images, copies.ids))
     probs = model.forward(occluded).probabilities
-    return tf.gather(probs, classes, batch_dims=1)
-
-
-def _incremental_confidence(
-    engine: IncrementalOcclusion,
-    base: dict[int, tf.Tensor],
-    ids: tf.Tensor,
-    tops: tf.Tensor,
-    lefts: tf.Tensor,
-    patches: tf.Tensor,
-    classes: tf.Tensor,
-) -> tf.Tensor:
-    """The same as :func:`_naive_confidence`, from the incremental engine on the images' ``base`` activations."""
-    probs = tf.cast(engine.occluded(base, ids, tops, lefts, patches, GREY_VALUE), tf.float32)
-    return tf.gather(probs, classes, batch_dims=1)
+    return tf.gather(probs, copies.classes, batch_dims=1)
 
 
 def _confidences(
@@ -171,19 +173,12 @@ def _confidences(
         on_naive = tf.gather(naive, tf.gather(ids, items)) if engine is not None else tf.ones_like(items, tf.bool)
         chosen = tf.boolean_mask(items, on_naive != use_engine)
         image = tf.gather(ids, chosen)
-        args = (
-            image,
-            tf.gather(tops, chosen),
-            tf.gather(lefts, chosen),
-            tf.gather(patch, image),
-            tf.gather(target, image),
+        copies = _Copies(
+            image, tf.gather(tops, chosen), tf.gather(lefts, chosen), tf.gather(patch, image), tf.gather(target, image)
         )
 
-        def run(idx: tf.Tensor, args: tuple[tf.Tensor, ...] = args, use_engine: bool = use_engine) -> tf.Tensor:
-            picked = [tf.gather(a, idx) for a in args]
-            if use_engine:
-                return _incremental_confidence(engine, base, *picked)
-            return _naive_confidence(model, images, *picked)
+        def run(idx: tf.Tensor, copies: _Copies = copies, use_engine: bool = use_engine) -> tf.Tensor:
+            return _confidence(model, images, copies.pick(idx), engine if use_engine else None, base)
 
         values = expanded_values(model, tf.size(chosen), run)
         parts.append((chosen, values))
@@ -362,11 +357,13 @@ def _measure(model: ExplainModel) -> tuple[EngineChoice, IncrementalOcclusion | 
     fraction = plan(model.model, patch, patch).macs_fraction
     image = tf.constant(np.random.default_rng(0).uniform(0, 255, (1, height, width, channels)), tf.float32)
     cells = [(t, x) for t in range(0, height, patch) for x in range(0, width, patch)]
-    ids = tf.zeros([len(cells)], tf.int32)
-    tops = tf.constant([t for t, _ in cells], tf.int32)
-    lefts = tf.constant([x for _, x in cells], tf.int32)
-    patches = tf.fill([len(cells)], patch)
-    classes = tf.zeros([len(cells)], tf.int32)
+    copies = _Copies(
+        tf.zeros([len(cells)], tf.int32),
+        tf.constant([t for t, _ in cells], tf.int32),
+        tf.constant([x for _, x in cells], tf.int32),
+        tf.fill([len(cells)], patch),
+        tf.zeros([len(cells)], tf.int32),
+    )
 
     def chunked(use_engine: bool) -> tf.types.experimental.GenericFunction:
         @tf.function(autograph=False)
@@ -374,10 +371,7 @@ def _measure(model: ExplainModel) -> tuple[EngineChoice, IncrementalOcclusion | 
             base = engine.base(image) if use_engine else None
 
             def chunk(idx: tf.Tensor) -> tf.Tensor:
-                args = [tf.gather(a, idx) for a in (ids, tops, lefts, patches, classes)]
-                if use_engine:
-                    return _incremental_confidence(engine, base, *args)
-                return _naive_confidence(model, image, *args)
+                return _confidence(model, image, copies.pick(idx), engine if use_engine else None, base)
 
             return expanded_values(model, tf.constant(len(cells)), chunk)
 
