@@ -33,7 +33,7 @@ from glimpse_wire.contract import (
     OUT_LAYER_NAME,
 )
 from studies.localization import GRADCAM_LAYER, QUICK_CONFIG, cached_localizer
-from training.explain import GraphExplainer, grid_side, smoothgrad_noise
+from training.explain import ExplainerConfig, GraphExplainer, grid_side, smoothgrad_noise
 from training.export import find_activation_layers
 
 pytestmark = pytest.mark.slow
@@ -152,11 +152,30 @@ def test_gradcam_explain_entry_point_runs_with_an_explicit_layer(model, explaine
 # Occlusion
 
 
+@pytest.fixture(scope="module")
+def occlusion_engines(model) -> dict[str, GraphExplainer]:
+    """The study model's occlusion through each engine of the exact mode (the measured choice could be either)."""
+    return {
+        engine: GraphExplainer(model, GRADCAM_LAYER, ExplainerConfig(occlusion_engine=engine))
+        for engine in ("incremental", "naive")
+    }
+
+
+@pytest.mark.parametrize("engine", ["incremental", "naive"])
 @pytest.mark.parametrize("patch_size", [11, 16, 20, 32])
-def test_occlusion_matches_tf_explain_exactly(model, explainer, images, patch_size):
+def test_occlusion_matches_tf_explain_exactly(model, occlusion_engines, images, patch_size, engine):
     """Same grey (127.5 in the model's 0-255 range), same grid (stride = patch size, partial edge patches), same
-    bilinear resize: the maps agree to 1e-5. 11 and 20 do not divide 96, so the edge patches are cut."""
-    ours = explainer.occlusion(images, [-1] * len(images), patch_size, 0)
+    bilinear resize: the maps agree to 1e-5, whichever engine computes the occluded copies. 11 and 20 do not divide
+    96, so the edge patches are cut."""
+    explainer = occlusion_engines[engine]
+    assert explainer.occlusion_engine.engine == engine
+    ours = explainer.function("occlusion")(
+        images,
+        np.full(len(images), -1, np.int32),
+        np.full(len(images), patch_size, np.int32),
+        np.zeros(len(images), np.int32),
+        np.zeros(len(images), np.int32),
+    )
     for i, image in enumerate(images):
         target = int(ours[OUT_CLASS_INDEX][i])
         theirs = OcclusionSensitivity().get_sensitivity_map(model, image, target, patch_size)
