@@ -17,7 +17,11 @@ min-max normalisation. More than ``ExplainerConfig.max_occlusion_positions`` pos
   then the ``ADAPTIVE_REFINE_FRACTION`` of the interpolated cells with the highest estimate evaluated too (the
   contract's rule, which the explain API's black-box path follows as well).
 
-Occluded copies are packed densely across the request into passes of ``chunk_size``.
+Whole-pass copies are packed densely across the request into passes of ``chunk_size``; the incremental engine runs
+one image at a time (its copies in passes of ``chunk_size``), so that it holds one image's base activations whatever
+the batch size. Measured peak RSS of a process explaining EfficientNet-Lite0 at 224, patch 16, chunk 16: 1.15 GiB
+naive at batch 1 and 8; 1.50 GiB incremental at batch 1, 1.53 GiB at batch 8 (the larger graph and the base
+activations, about 95 MiB per image for Lite0 or MobileNetV2 at 224).
 """
 
 from __future__ import annotations
@@ -155,7 +159,6 @@ def _confidences(
     model: ExplainModel,
     engine: IncrementalOcclusion | None,
     images: tf.Tensor,
-    base: dict[int, tf.Tensor] | None,
     items: tf.Tensor,
     ids: tf.Tensor,
     tops: tf.Tensor,
@@ -167,24 +170,40 @@ def _confidences(
 ) -> tf.Tensor:
     """p_target for the grid items ``items`` (indices into the request's flat cell list), scattered into a [total]
     vector (0 elsewhere). Items of images whose mode is naive (``naive`` [B]), or all items without an engine, run as
-    whole forward passes; the others incrementally from the images' ``base`` activations."""
-    parts = []
-    for use_engine in (False, True) if engine is not None else (False,):
-        on_naive = tf.gather(naive, tf.gather(ids, items)) if engine is not None else tf.ones_like(items, tf.bool)
-        chosen = tf.boolean_mask(items, on_naive != use_engine)
-        image = tf.gather(ids, chosen)
+    whole forward passes packed across the request; the others incrementally, one image at a time, so that only one
+    image's base activations are held at once whatever the batch size."""
+    image_of = tf.gather(ids, items)
+    on_engine = ~tf.gather(naive, image_of) if engine is not None else tf.zeros_like(items, tf.bool)
+    chosen = tf.boolean_mask(items, ~on_engine)
+    image = tf.gather(ids, chosen)
+    copies = _Copies(
+        image, tf.gather(tops, chosen), tf.gather(lefts, chosen), tf.gather(patch, image), tf.gather(target, image)
+    )
+    values = expanded_values(model, tf.size(chosen), lambda idx: _confidence(model, images, copies.pick(idx)))
+    out = tf.tensor_scatter_nd_update(tf.zeros([total], tf.float32), chosen[:, tf.newaxis], values)
+    if engine is None:
+        return out
+    incremental = tf.boolean_mask(items, on_engine)
+    owner = tf.gather(ids, incremental)
+
+    def one_image(b: tf.Tensor, out: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        mine = tf.boolean_mask(incremental, tf.equal(owner, b))
+        n = tf.size(mine)
+        base = engine.base(images[b : b + 1])
         copies = _Copies(
-            image, tf.gather(tops, chosen), tf.gather(lefts, chosen), tf.gather(patch, image), tf.gather(target, image)
+            tf.zeros([n], tf.int32),
+            tf.gather(tops, mine),
+            tf.gather(lefts, mine),
+            tf.fill([n], patch[b]),
+            tf.fill([n], target[b]),
         )
+        values = expanded_values(model, n, lambda idx: _confidence(model, images, copies.pick(idx), engine, base))
+        return b + 1, tf.tensor_scatter_nd_update(out, mine[:, tf.newaxis], values)
 
-        def run(idx: tf.Tensor, copies: _Copies = copies, use_engine: bool = use_engine) -> tf.Tensor:
-            return _confidence(model, images, copies.pick(idx), engine if use_engine else None, base)
-
-        values = expanded_values(model, tf.size(chosen), run)
-        parts.append((chosen, values))
-    out = tf.zeros([total], tf.float32)
-    for chosen, values in parts:
-        out = tf.tensor_scatter_nd_update(out, chosen[:, tf.newaxis], values)
+    # parallel_iterations=1: one image's base activations at a time (the memory bound in the module docstring)
+    _, out = tf.while_loop(
+        lambda b, _: b < tf.shape(images)[0], one_image, (tf.constant(0), out), parallel_iterations=1
+    )
     return out
 
 
@@ -271,10 +290,8 @@ def explain_occlusion(model: ExplainModel, inputs: Inputs) -> dict[str, tf.Tenso
     first = ~adaptive | coarse
     cells = tf.range(total)
 
-    base = engine.base(images) if engine is not None else None
-
     def confidences(items: tf.Tensor) -> tf.Tensor:
-        return _confidences(model, engine, images, base, items, ids, tops, lefts, patch, target, mode == _NAIVE, total)
+        return _confidences(model, engine, images, items, ids, tops, lefts, patch, target, mode == _NAIVE, total)
 
     grid = 1.0 - confidences(tf.boolean_mask(cells, first))  # v = 1 - p_c, exact where evaluated
     estimate = _estimate(grid, ids, r, c, rows, cols, starts)
