@@ -133,6 +133,8 @@ def _rule(node: Any) -> _Rule:
     if len(node.input_tensors) != 1 or len(node.input_tensors[0].shape) != 4:
         return _Rule("full")
     (inp,) = node.input_tensors
+    if isinstance(layer, keras.layers.BatchNormalization) and layer.axis not in (-1, 3):
+        return _Rule("full")  # normalising over a spatial axis mixes positions
     if isinstance(layer, _POINTWISE) or getattr(layer, "glimpse_pointwise", False):
         return _Rule("pointwise")
     if isinstance(layer, keras.layers.Softmax) and layer.axis in (-1, 3):
