@@ -43,12 +43,14 @@ from glimpse_wire.contract import (
     OUT_ATTRIBUTION,
     OUT_CLASS_INDEX,
     OUT_CLASSES,
+    OUT_EVALUATED_POSITIONS,
     OUT_GRID,
     OUT_GRID_SHAPE,
     OUT_HEATMAP,
     OUT_LABEL,
     OUT_LAYER,
     OUT_LAYER_NAME,
+    OUT_OCCLUSION_ENGINE,
     OUT_PROBABILITIES,
     OUT_SCORE,
     OUT_SCORES,
@@ -307,6 +309,10 @@ def test_signature_aliases_dtypes_and_batch_dimension(exported_model: ExportedMo
                 OUT_PROBABILITIES: (_FLOAT, [-1, 3]),
             },
         )
+    # occlusion also says how many grid positions ran and through which engine
+    expected[explain_signature("occlusion")][1].update(
+        {OUT_EVALUATED_POSITIONS: (_INT32, [-1]), OUT_OCCLUSION_ENGINE: (_INT32, [-1])}
+    )
     # activations: conv1 64x64x16 (grid 4x4 tiles = 256x256), conv2 32x32x32, last_conv 16x16x32 (6x6 tiles);
     # padded to the largest grid and the largest layer
     expected[explain_signature(ACTIVATIONS_METHOD)] = (
