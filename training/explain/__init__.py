@@ -15,6 +15,9 @@ Layout:
   ``layercam.py``, ``activations.py``; each defines ``METHOD``.
 - ``cams.py``: what Grad-CAM++, HiResCAM and LayerCAM share (the logit they differentiate, the fusion of their maps
   over the deepest conv layers, per example).
+- ``incremental.py``: exact incremental occlusion (each occluded copy recomputes only the windows its patch
+  changes), which ``occlusion.py``'s exact mode uses where the model's layers allow and it was measured faster.
+- ``calibrate.py``: the chunk size of the expanding methods, measured per model on this machine.
 - ``registry.py``: contract name -> ``ExplainMethod``, read by the exporter, the benchmarks and the docs table.
 - ``explainer.py``: ``GraphExplainer``, the facade that callers use.
 
@@ -33,7 +36,7 @@ docs/explanations.md and checked by tests/training/test_explain_parity.py:
   Glimpse multiplies by it (the definition in Sundararajan et al., 2017), so attributions sum to about
   ``p_c(x) - p_c(black)``.
 - Occlusion generalises tf-explain's grid (stride = patch size) to any stride; with stride = patch size the map is
-  identical.
+  identical (in the exact and naive modes; the adaptive mode approximates it).
 - Activations: one grid per image instead of one grid for the whole batch.
 
 Grad-CAM++, HiResCAM and LayerCAM are not in tf-explain; they follow their papers (docs/explanations.md).
