@@ -20,6 +20,7 @@ from glimpse_wire.contract import OCCLUSION_ENGINES, OCCLUSION_MODES, OUT_ATTRIB
 from glimpse_wire.contract import OUT_EVALUATED_POSITIONS as EVALUATED
 from glimpse_wire.contract import OUT_OCCLUSION_ENGINE as OCCLUSION_ENGINE
 from training.explain import ExplainerConfig, GraphExplainer
+from training.explain.calibrate import CANDIDATES
 from training.explain.incremental import IncrementalOcclusion, plan, supports_incremental
 from training.explain.occlusion import GREY_VALUE, occlusion_engine
 from training.models import build_model
@@ -226,8 +227,30 @@ def test_engine_choice_is_measured_and_recorded(small_mobilenet):
     assert choice.naive_s > 0 and choice.incremental_s > 0
     assert (choice.engine == "incremental") == (choice.incremental_s < choice.naive_s)
     assert 0 < choice.macs_fraction < 1
+    # a chunk size the config fixes is the engine's too
+    assert choice.chunk_size == (8 if choice.engine == "incremental" else None)
     forced = occlusion_engine(_explainer(model, "naive")._model)
-    assert forced.engine == "naive" and "configured" in forced.reason
+    assert forced.engine == "naive" and "configured" in forced.reason and forced.chunk_size is None
+
+
+def test_engine_measures_its_own_copies_per_pass_and_stays_exact(small_mobilenet):
+    """Without a configured chunk size the engine's copies per pass are measured (one of the calibration's
+    candidates, at most the default grid's 64 positions) and recorded; a grid that is not a multiple of it (10x10
+    positions at patch 7) still gives the naive map."""
+    model, images = small_mobilenet
+    explainer = GraphExplainer(model, None, ExplainerConfig(occlusion_engine="incremental"))
+    choice = explainer.occlusion_engine
+    assert choice.chunk_size in [c for c in CANDIDATES if c <= 64]
+    assert choice.as_dict()["chunk_size"] == choice.chunk_size
+    assert f"{choice.chunk_size} copies per pass" in choice.reason
+    function = explainer.function("occlusion")
+    n = len(images)
+
+    def run(mode: int) -> np.ndarray:
+        params = [np.full([n], v, np.int32) for v in (-1, 7, 0, mode)]
+        return function(images, *params)[OUT_ATTRIBUTION].numpy()
+
+    assert np.abs(run(EXACT) - run(NAIVE)).max() <= 1e-5
 
 
 @pytest.mark.slow

@@ -244,10 +244,12 @@ def expanded_sum(
     return acc
 
 
-def expanded_values(model: ExplainModel, total: tf.Tensor, item_fn: Callable[[tf.Tensor], tf.Tensor]) -> tf.Tensor:
-    """Concatenate ``item_fn(idx [m]) -> [m]`` over items 0..total-1, in chunks of ``model.chunk_size`` ([0] when
-    ``total`` is 0)."""
-    chunk = model.chunk_size
+def expanded_values(
+    model: ExplainModel, total: tf.Tensor, item_fn: Callable[[tf.Tensor], tf.Tensor], chunk: int | None = None
+) -> tf.Tensor:
+    """Concatenate ``item_fn(idx [m]) -> [m]`` over items 0..total-1, in chunks of ``chunk`` (default
+    ``model.chunk_size``; [0] when ``total`` is 0)."""
+    chunk = chunk or model.chunk_size
     n_chunks = (total + chunk - 1) // chunk
     # slot 0 holds an empty vector, so that the concatenation is defined when there are no items
     out0 = tf.TensorArray(tf.float32, size=n_chunks + 1, infer_shape=False, element_shape=tf.TensorShape([None]))

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["CANDIDATES", "Calibration", "device_description", "fastest_batch", "measure_batches"]
+__all__ = ["CANDIDATES", "Calibration", "affordable", "device_description", "fastest_batch", "measure_batches"]
 
 # The batch sizes tried, smallest first.
 CANDIDATES: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
@@ -72,9 +72,7 @@ def fastest_batch(
     (about 8.7 ms per image from batch 8 up, 16.5 ms at batch 1); under load the budget cuts the repetitions.
     """
     shape = tuple(int(d) for d in image_shape)
-    image_bytes = 4 * math.prod(shape)
-    fitting = [b for b in sorted(set(candidates)) if b * image_bytes <= max_input_bytes]
-    tried = fitting or sorted(set(candidates))[:1]
+    tried = affordable(candidates, shape, max_input_bytes)
     forward = tf.function(
         lambda x: model(x, training=False), input_signature=[tf.TensorSpec([None, *shape], tf.float32)]
     )
@@ -87,6 +85,16 @@ def fastest_batch(
     with tf.init_scope():  # eagerly, also when asked while a graph is being traced
         batches = {b: tf.constant(np.full((b, *shape), 127.5, np.float32)) for b in tried}
         return measure_batches(run, tried, rounds=rounds, budget_s=budget_s, device=device_description())
+
+
+def affordable(
+    candidates: Sequence[int], image_shape: Sequence[int], max_input_bytes: int = _MAX_INPUT_BYTES
+) -> list[int]:
+    """The candidate batch sizes, ascending, whose float32 input of ``image_shape`` (H, W, C) per image fits in
+    ``max_input_bytes`` (the smallest candidate always)."""
+    image_bytes = 4 * math.prod(int(d) for d in image_shape)
+    ordered = sorted(set(candidates))
+    return [b for b in ordered if b * image_bytes <= max_input_bytes] or ordered[:1]
 
 
 def measure_batches(

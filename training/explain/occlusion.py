@@ -18,10 +18,10 @@ min-max normalisation. More than ``ExplainerConfig.max_occlusion_positions`` pos
   contract's rule, which the explain API's black-box path follows as well).
 
 Whole-pass copies are packed densely across the request into passes of ``chunk_size``; the incremental engine runs
-one image at a time (its copies in passes of ``chunk_size``), so that it holds one image's base activations whatever
-the batch size. Measured peak RSS of a process explaining EfficientNet-Lite0 at 224, patch 16, chunk 16: 1.15 GiB
-naive at batch 1 and 8; 1.50 GiB incremental at batch 1, 1.53 GiB at batch 8 (the larger graph and the base
-activations, about 95 MiB per image for Lite0 or MobileNetV2 at 224).
+one image at a time (its copies in passes of its own measured size, ``EngineChoice.chunk_size``), so that it holds
+one image's base activations whatever the batch size. Measured peak RSS of a process building the EfficientNet-Lite0
+explainer at 224 and explaining one image incrementally at 32-64 copies per pass: 2.1 GiB for patches 16 to 112
+(1.15 GiB with whole passes at chunk 16; docs/explanations.md has the figures).
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ from training.explain.base import (
     minmax_heatmap,
     target_class,
 )
+from training.explain.calibrate import CANDIDATES, affordable, measure_batches
 from training.explain.incremental import IncrementalOcclusion, plan, supports_incremental
 from training.explain.model import ExplainModel
 
@@ -63,6 +64,8 @@ GREY_VALUE = 127.5
 _EXACT, _NAIVE, _ADAPTIVE = (OCCLUSION_MODES.index(name) for name in ("exact", "naive", "adaptive"))
 # Timing of the two engines when an explainer is built: rounds of (naive, incremental), alternated.
 _ENGINE_ROUNDS = 3
+# Time allowed for measuring the incremental engine's chunk size (measure_batches stops sweeping past it).
+_ENGINE_CHUNK_BUDGET_S = 20.0
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,10 @@ class EngineChoice:
     ``engine``: "incremental" or "naive". ``reason``: a sentence for the model card and the API. ``naive_s`` and
     ``incremental_s``: the measured median seconds of one image's default grid (None when not measured).
     ``macs_fraction``: the incremental engine's multiply-adds per copy over a whole forward pass at the default grid.
+    ``chunk_size``: the occluded copies per pass of the incremental engine (None for the naive engine, whose passes
+    hold the model's ``chunk_size`` images): ``ExplainerConfig.chunk_size`` when the config fixes it, else the size
+    measured fastest per copy for this model on this device (:func:`_engine_chunk`). It differs from the whole
+    passes' size because an incremental pass is many small window ops, whose fixed cost a larger pass spreads.
     """
 
     engine: str
@@ -79,6 +86,7 @@ class EngineChoice:
     naive_s: float | None = None
     incremental_s: float | None = None
     macs_fraction: float | None = None
+    chunk_size: int | None = None
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -87,6 +95,7 @@ class EngineChoice:
             "naive_ms": None if self.naive_s is None else round(self.naive_s * 1000, 1),
             "incremental_ms": None if self.incremental_s is None else round(self.incremental_s * 1000, 1),
             "macs_fraction": None if self.macs_fraction is None else round(self.macs_fraction, 3),
+            "chunk_size": self.chunk_size,
         }
 
 
@@ -167,11 +176,12 @@ def _confidences(
     target: tf.Tensor,
     naive: tf.Tensor,
     total: tf.Tensor,
+    engine_chunk: int | None = None,
 ) -> tf.Tensor:
     """p_target for the grid items ``items`` (indices into the request's flat cell list), scattered into a [total]
     vector (0 elsewhere). Items of images whose mode is naive (``naive`` [B]), or all items without an engine, run as
-    whole forward passes packed across the request; the others incrementally, one image at a time, so that only one
-    image's base activations are held at once whatever the batch size."""
+    whole forward passes packed across the request; the others incrementally, one image at a time (in passes of
+    ``engine_chunk`` copies), so that only one image's base activations are held at once whatever the batch size."""
     image_of = tf.gather(ids, items)
     on_engine = ~tf.gather(naive, image_of) if engine is not None else tf.zeros_like(items, tf.bool)
     chosen = tf.boolean_mask(items, ~on_engine)
@@ -197,7 +207,9 @@ def _confidences(
             tf.fill([n], patch[b]),
             tf.fill([n], target[b]),
         )
-        values = expanded_values(model, n, lambda idx: _confidence(model, images, copies.pick(idx), engine, base))
+        values = expanded_values(
+            model, n, lambda idx: _confidence(model, images, copies.pick(idx), engine, base), engine_chunk
+        )
         return b + 1, tf.tensor_scatter_nd_update(out, mine[:, tf.newaxis], values)
 
     # parallel_iterations=1: one image's base activations at a time (the memory bound in the module docstring)
@@ -278,7 +290,7 @@ def explain_occlusion(model: ExplainModel, inputs: Inputs) -> dict[str, tf.Tenso
     (images,) = gate(inputs, too_many)
     probabilities = model.forward(images).probabilities
     target = target_class(inputs.class_index, probabilities)
-    _, engine = _choice(model)
+    choice, engine = _choice(model)
     batch = tf.size(counts)
     total, ids, local = expand(counts)
     n_cols = tf.gather(cols, ids)
@@ -291,7 +303,9 @@ def explain_occlusion(model: ExplainModel, inputs: Inputs) -> dict[str, tf.Tenso
     cells = tf.range(total)
 
     def confidences(items: tf.Tensor) -> tf.Tensor:
-        return _confidences(model, engine, images, items, ids, tops, lefts, patch, target, mode == _NAIVE, total)
+        return _confidences(
+            model, engine, images, items, ids, tops, lefts, patch, target, mode == _NAIVE, total, choice.chunk_size
+        )
 
     grid = 1.0 - confidences(tf.boolean_mask(cells, first))  # v = 1 - p_c, exact where evaluated
     estimate = _estimate(grid, ids, r, c, rows, cols, starts)
@@ -358,10 +372,53 @@ def _configured(model: ExplainModel, wanted: str) -> tuple[EngineChoice, Increme
     if wanted == "naive":
         return EngineChoice("naive", "naive engine configured (ExplainerConfig.occlusion_engine)"), None
     engine = IncrementalOcclusion(model.model)
-    height, width = model.image_shape[:2]
-    fraction = plan(model.model, max(1, min(height, width) // 8), max(1, min(height, width) // 8)).macs_fraction
-    reason = f"incremental engine configured (ExplainerConfig.occlusion_engine); {fraction:.0%} of the multiply-adds"
-    return EngineChoice("incremental", reason, macs_fraction=fraction), engine
+    grid = _DefaultGrid(model)
+    fraction = plan(model.model, grid.patch, grid.patch).macs_fraction
+    with tf.init_scope():  # measured eagerly, also when first asked while a signature is being traced
+        chunk = model.config.chunk_size or _engine_chunk(model, engine, grid)
+    reason = (
+        f"incremental engine configured (ExplainerConfig.occlusion_engine); {fraction:.0%} of the multiply-adds; "
+        f"{chunk} copies per pass"
+    )
+    return EngineChoice("incremental", reason, macs_fraction=fraction, chunk_size=chunk), engine
+
+
+class _DefaultGrid:
+    """One image's default occlusion grid (``min(H, W) // 8`` patches, stride = patch) on a seeded random image: what
+    the engine choice and the engine's chunk size are measured on."""
+
+    def __init__(self, model: ExplainModel) -> None:
+        height, width, channels = model.image_shape
+        self.patch = max(1, min(height, width) // 8)
+        cells = [(t, x) for t in range(0, height, self.patch) for x in range(0, width, self.patch)]
+        self.size = len(cells)
+        with tf.init_scope():
+            rng = np.random.default_rng(0)
+            self.image = tf.constant(rng.uniform(0, 255, (1, height, width, channels)), tf.float32)
+            self.copies = _Copies(
+                tf.zeros([len(cells)], tf.int32),
+                tf.constant([t for t, _ in cells], tf.int32),
+                tf.constant([x for _, x in cells], tf.int32),
+                tf.fill([len(cells)], self.patch),
+                tf.zeros([len(cells)], tf.int32),
+            )
+
+
+def _engine_chunk(model: ExplainModel, engine: IncrementalOcclusion, grid: _DefaultGrid) -> int:
+    """The incremental engine's copies per pass that ran fastest per copy on the default grid here: the base
+    activations computed once, then ``calibrate.measure_batches`` over the candidates that fit the grid and the
+    calibration's input-size cap (a pass never holds more than that many whole copies, whatever the windows)."""
+    base = engine.base(grid.image)
+    candidates = [b for b in affordable(CANDIDATES, model.image_shape) if b <= grid.size] or [1]
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.int32)], autograph=False)
+    def copies_pass(idx: tf.Tensor) -> tf.Tensor:
+        return _confidence(model, grid.image, grid.copies.pick(idx), engine, base)
+
+    def run(batch: int) -> None:
+        copies_pass(tf.range(batch)).numpy()
+
+    return measure_batches(run, candidates, rounds=3, budget_s=_ENGINE_CHUNK_BUDGET_S).chunk_size
 
 
 def _measure(model: ExplainModel) -> tuple[EngineChoice, IncrementalOcclusion | None]:
@@ -369,32 +426,23 @@ def _measure(model: ExplainModel) -> tuple[EngineChoice, IncrementalOcclusion | 
     if not ok:
         return EngineChoice("naive", f"incremental engine not applicable: {reason}"), None
     engine = IncrementalOcclusion(model.model)
-    height, width, channels = model.image_shape
-    patch = max(1, min(height, width) // 8)
-    fraction = plan(model.model, patch, patch).macs_fraction
-    image = tf.constant(np.random.default_rng(0).uniform(0, 255, (1, height, width, channels)), tf.float32)
-    cells = [(t, x) for t in range(0, height, patch) for x in range(0, width, patch)]
-    copies = _Copies(
-        tf.zeros([len(cells)], tf.int32),
-        tf.constant([t for t, _ in cells], tf.int32),
-        tf.constant([x for _, x in cells], tf.int32),
-        tf.fill([len(cells)], patch),
-        tf.zeros([len(cells)], tf.int32),
-    )
+    grid = _DefaultGrid(model)
+    fraction = plan(model.model, grid.patch, grid.patch).macs_fraction
+    engine_chunk = model.config.chunk_size or _engine_chunk(model, engine, grid)
 
-    def chunked(use_engine: bool) -> tf.types.experimental.GenericFunction:
+    def whole_grid(use_engine: bool) -> tf.types.experimental.GenericFunction:
         @tf.function(autograph=False)
         def run() -> tf.Tensor:
-            base = engine.base(image) if use_engine else None
+            base = engine.base(grid.image) if use_engine else None
 
             def chunk(idx: tf.Tensor) -> tf.Tensor:
-                return _confidence(model, image, copies.pick(idx), engine if use_engine else None, base)
+                return _confidence(model, grid.image, grid.copies.pick(idx), engine if use_engine else None, base)
 
-            return expanded_values(model, tf.constant(len(cells)), chunk)
+            return expanded_values(model, tf.constant(grid.size), chunk, engine_chunk if use_engine else None)
 
         return run
 
-    naive_fn, engine_fn = chunked(False), chunked(True)
+    naive_fn, engine_fn = whole_grid(False), whole_grid(True)
     naive_fn(), engine_fn()  # trace and warm up
     naive_times, engine_times = [], []
     for _ in range(_ENGINE_ROUNDS):
@@ -408,11 +456,12 @@ def _measure(model: ExplainModel) -> tuple[EngineChoice, IncrementalOcclusion | 
     choice = EngineChoice(
         "incremental" if faster else "naive",
         f"incremental engine measured {verdict} than whole forward passes here "
-        f"({engine_s * 1000:.0f} vs {naive_s * 1000:.0f} ms for {len(cells)} positions; "
-        f"{fraction:.0%} of the multiply-adds)",
+        f"({engine_s * 1000:.0f} ms at {engine_chunk} copies per pass vs {naive_s * 1000:.0f} ms at "
+        f"{model.chunk_size}, for {grid.size} positions; {fraction:.0%} of the multiply-adds)",
         naive_s,
         engine_s,
         fraction,
+        engine_chunk if faster else None,
     )
     return choice, engine if faster else None
 
