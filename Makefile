@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # Debian packages: offline datasets (Tux Paint photos, Fashion-MNIST) and the browser for the page test.
 APT_PACKAGES := tuxpaint-stamps-default dataset-fashion-mnist chromium
 APT_CHECK := /usr/share/tuxpaint/stamps/animals /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz /usr/bin/chromium
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= --durations=25
 
 .PHONY: install apt-data demo stop test test-fast bench lint protos clean
 

@@ -97,11 +97,12 @@ def test_quick_benchmark_the_default_method_points_at_the_object(tmp_path) -> No
     natural = result["variants"]["natural"]
     figures = natural["rows"][DEFAULT_EXPLAIN_METHOD]
     assert natural["accuracy"] >= 0.6, natural  # 3 classes: chance is 0.33
-    # measured 0.73 strict and 0.87 within 15 px (Grad-CAM at the last layer: 0.07 and 0.43); a method that points
+    # measured 0.77 strict and 0.93 within 15 px (Grad-CAM at the last layer: 0.07 and 0.43); a method that points
     # in the box 35% of the time passes 0.55 on 30 images about 1% of the time
     assert figures["pointing"] >= 0.55, figures
     assert figures["pointing_near"] >= 0.75, figures
-    assert figures["mass_in_box"] >= 2 * natural["box_area"], (figures, natural["box_area"])
+    # measured 0.35, 6.1x the box's share; the layers' arithmetic mean, the fusion before, gave about 3x
+    assert figures["mass_in_box"] >= 4 * natural["box_area"], (figures, natural["box_area"])
     assert figures["deletion_auc"] < natural["random_deletion_auc"], (figures, natural)
     assert NEAR_PX == 15
     # the trained model is cached: asking again loads it instead of training again

@@ -8,8 +8,12 @@ gradients ``g = dS_c/dA`` become a map [B,h,w] (a ``LayerCam`` function). Everyt
   papers differentiate the pre-softmax score, and Grad-CAM++'s weights assume it (they are not scale-invariant);
 - ``layers`` (per example, the contract's parameter) picks the conv layers: the Grad-CAM layer and the model card's
   ``activation_layers`` before it, deepest first (1 = the Grad-CAM layer alone, as in the papers). Each layer's map
-  gets a ReLU, a bilinear upsampling to the input size and a division by its own maximum; the fused map is the mean
-  of those, so every layer weighs the same whatever the scale of its activations;
+  gets a ReLU, a bilinear upsampling to the input size and a division by its own maximum; the fused map is the
+  geometric mean of those (``FUSION_FLOOR`` keeps the logarithm finite), so every layer weighs the same whatever the
+  scale of its activations, and a location is high only where every layer agrees: the deep layer says which object,
+  the shallow ones where its pixels are. The arithmetic mean, used before, let the deep layer's 5x5 blob spread mass
+  over the background; on the default export's natural-background composites it put 0.17 of the map's mass in the
+  object's box against 0.36 for the geometric mean, with the same pointing game (docs/explanations.md);
 - one forward pass computes every layer, and the backward pass reaches only as deep as the batch's largest
   ``layers`` asks (a ``tf.switch_case`` on it): a request for the Grad-CAM layer alone costs what Grad-CAM costs.
 """
@@ -24,6 +28,7 @@ from training.explain.base import Inputs, attribution_result, gate, target_class
 from training.explain.model import ExplainModel, Forward
 
 __all__ = [
+    "FUSION_FLOOR",
     "UNSUPPORTED",
     "LayerCam",
     "class_score",
@@ -36,6 +41,10 @@ __all__ = [
 
 # one layer's activations [B,h,w,K] and the score's gradients there -> the layer's signed map [B,h,w]
 LayerCam = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
+# A layer's normalised map is floored here before the logarithm of the geometric mean: a pixel that one layer gives 0
+# fuses to about 1e-4 of the peak (three layers), and a layer that is 0 everywhere scales the whole map by a constant
+# that the heatmap's normalisation removes, leaving the other layers' fusion.
+FUSION_FLOOR = 1e-12
 
 
 def class_score(fwd: Forward, target: tf.Tensor) -> tf.Tensor:
@@ -65,8 +74,9 @@ def _normalised_up(cam: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
 
 
 def fused_cam(model: ExplainModel, inputs: Inputs, layer_cam: LayerCam) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """The fused map [B,H,W] (in [0, 1]), the probabilities [B,C] and the explained class [B] of a CAM method whose
-    per-layer map is ``layer_cam``, over the ``layers`` deepest conv layers of each example."""
+    """The fused map [B,H,W] (in [0, 1]: the geometric mean of the layers' normalised maps), the probabilities [B,C]
+    and the explained class [B] of a CAM method whose per-layer map is ``layer_cam``, over the ``layers`` deepest conv
+    layers of each example."""
     (images,) = gate(inputs)
     order = deepest_first(model)
     available = len(order)
@@ -83,11 +93,11 @@ def fused_cam(model: ExplainModel, inputs: Inputs, layer_cam: LayerCam) -> tuple
         def run() -> tf.Tensor:
             sources = [outputs[i] for i in order[:depth]]
             grads = tape.gradient(score, sources)
-            fused = tf.zeros(tf.concat([tf.shape(images)[:1], size], axis=0), tf.float32)
+            log_fused = tf.zeros(tf.concat([tf.shape(images)[:1], size], axis=0), tf.float32)
             for j, (activations, gradients) in enumerate(zip(sources, grads, strict=True)):
                 up = _normalised_up(layer_cam(activations, gradients), size)
-                fused += weights[:, j, tf.newaxis, tf.newaxis] * up
-            return fused
+                log_fused += weights[:, j, tf.newaxis, tf.newaxis] * tf.math.log(tf.maximum(up, FUSION_FLOOR))
+            return tf.exp(log_fused)
 
         return run
 

@@ -6,7 +6,8 @@ point is that this stays reliable at shallow, high-resolution layers, whose maps
 last conv activation of a small-input backbone is a coarse grid (5x5 for EfficientNet-Lite0 at 160 px) whose peak
 often lands beside a small object. ``layers`` fuses the map over the Grad-CAM layer and the model card's
 ``activation_layers`` before it (the paper fuses with a maximum after a tanh rescaling of the shallow maps; Glimpse
-averages the max-normalised maps, which keeps a shallow layer's stray peaks below the layers' agreement).
+takes the geometric mean of the max-normalised maps, high only where the layers agree: a shallow layer's stray peak
+and the deep layer's coarse blob over the background both fall away; see ``training.explain.cams``).
 """
 
 from __future__ import annotations
