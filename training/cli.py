@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from training.recipes import DATASET_RECIPES
+
 __all__ = ["configure_train", "run_train", "configure_export", "run_export"]
 
 _MODELS = ("efficientnet_lite0", "mobilenet_v2", "resnet50", "scratch", "scratch_bn")
@@ -38,21 +40,27 @@ def _folds(value: str) -> int:
 def configure_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="tuxpaint",
                    help="tuxpaint | fashion_mnist | folder:PATH | tfds:NAME[:TRAIN,VAL,TEST] (default tuxpaint)")
-    p.add_argument("--model", default="efficientnet_lite0", choices=_MODELS)
+    # The flags of a dataset's recipe default to None: run_train fills them from training.fit.DATASET_RECIPES, then
+    # from TrainConfig's defaults (shown in each help), so that a flag given always wins.
+    recipe = "; fashion_mnist: " + ", ".join(f"{k}={v}" for k, v in DATASET_RECIPES["fashion_mnist"].items())
+    p.description = ("Train a classifier and export it through the model contract. A dataset with a measured "
+                     f"recipe trains with it where flags are not given{recipe}.")
+    p.add_argument("--model", default=None, choices=_MODELS, help="default efficientnet_lite0")
     p.add_argument("--image-size", type=_positive_int, default=None,
                    help="input side in pixels (default 160 for pretrained, 64 for scratch, 28 on fashion_mnist)")
-    p.add_argument("--epochs", type=_positive_int, default=10)
-    p.add_argument("--batch-size", type=_positive_int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--optimizer", default="adam", choices=_OPTIMIZERS)
-    p.add_argument("--lr-schedule", default="constant", choices=("constant", "cosine"),
-                   help="constant, or cosine decay to 0 over --epochs")
-    p.add_argument("--patience", type=_positive_int, default=5, help="early-stopping patience (val_accuracy)")
-    p.add_argument("--unfreeze", type=_fraction, default=0.0,
-                   help="fraction of the backbone's last layers to fine-tune (0 = frozen, 1 = all)")
-    p.add_argument("--dropout", type=float, default=0.2)
-    p.add_argument("--dense-units", type=int, default=256)
-    p.add_argument("--augment", default="basic", choices=_AUGMENTATIONS)
+    p.add_argument("--epochs", type=_positive_int, default=None, help="default 10")
+    p.add_argument("--batch-size", type=_positive_int, default=None, help="default 32")
+    p.add_argument("--lr", type=float, default=None, help="default 1e-3")
+    p.add_argument("--optimizer", default=None, choices=_OPTIMIZERS, help="default adam")
+    p.add_argument("--lr-schedule", default=None, choices=("constant", "cosine"),
+                   help="constant (the default), or cosine decay to 0 over --epochs")
+    p.add_argument("--patience", type=_positive_int, default=None,
+                   help="early-stopping patience (val_accuracy; default 5)")
+    p.add_argument("--unfreeze", type=_fraction, default=None,
+                   help="fraction of the backbone's last layers to fine-tune (0 = frozen, the default; 1 = all)")
+    p.add_argument("--dropout", type=float, default=None, help="default 0.2")
+    p.add_argument("--dense-units", type=int, default=None, help="default 256")
+    p.add_argument("--augment", default=None, choices=_AUGMENTATIONS, help="default basic")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--max-examples", type=_positive_int, default=None, help="cap each split (quick runs)")
     p.add_argument("--weights", default="imagenet", help="imagenet | none | PATH to a weights file")
@@ -90,12 +98,13 @@ def configure_train(p: argparse.ArgumentParser) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from training.data import DatasetUnavailable
+    from training.fit import recipe_config
     from training.models import ModelUnavailable
-    from training.train import TrainConfig, train, write_metrics
+    from training.train import train, write_metrics
 
     try:
-        config = TrainConfig(
-            dataset=args.dataset, model=args.model, image_size=args.image_size, epochs=args.epochs,
+        config = recipe_config(
+            args.dataset, model=args.model, image_size=args.image_size, epochs=args.epochs,
             batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, lr_schedule=args.lr_schedule,
             patience=args.patience,
             unfreeze=args.unfreeze, dropout=args.dropout, dense_units=args.dense_units, augment=args.augment,

@@ -24,6 +24,7 @@ from typing import Any
 from training.data import AUGMENTATIONS
 from training.distribute import DISTRIBUTE_MODES, prepare_model
 from training.models import MODELS, ModelInfo, build_model
+from training.recipes import DATASET_RECIPES
 
 __all__ = [
     "LR_SCHEDULES",
@@ -39,6 +40,7 @@ __all__ = [
     "fit",
     "hparams_of",
     "make_optimizer",
+    "recipe_config",
     "seed_everything",
     "seeded",
     "write_hparams",
@@ -56,6 +58,13 @@ def default_image_size(dataset: str, model: str, *, pretrained_size: int = PRETR
     if model.startswith("scratch"):
         return 28 if dataset == "fashion_mnist" else 64
     return pretrained_size
+
+
+def recipe_config(dataset: str, **given: Any) -> TrainConfig:
+    """The TrainConfig of ``glimpse train --dataset DATASET``: TrainConfig's defaults, the dataset's recipe
+    (``DATASET_RECIPES``) over them, and ``given`` over both (None values count as not given)."""
+    chosen = {k: v for k, v in given.items() if v is not None}
+    return TrainConfig(**{"dataset": dataset, **DATASET_RECIPES.get(dataset, {}), **chosen})
 
 
 @dataclass(frozen=True)

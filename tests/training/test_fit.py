@@ -108,3 +108,24 @@ def test_train_studies_and_tuner_all_go_through_fit(monkeypatch, tmp_path):
                                      deterministic=False, verbose=0)
     studies.tuning.execute_tune(tune)
     assert calls == ["train", "chapter", "chapter", "tuning"]
+
+
+def test_a_dataset_trains_with_its_recipe_where_flags_are_not_given():
+    from glimpse.cli import build_parser
+    from training.fit import recipe_config
+    from training.recipes import DATASET_RECIPES
+
+    fashion = recipe_config("fashion_mnist")
+    assert (fashion.model, fashion.epochs, fashion.batch_size, fashion.lr) == ("scratch_bn", 15, 256, 2e-3)
+    assert (fashion.lr_schedule, fashion.augment, fashion.dropout) == ("cosine", "flip", 0.3)
+    assert fashion.size == 28
+    # a flag given wins over the recipe; None is "not given"
+    short = recipe_config("fashion_mnist", epochs=2, model=None, augment="none")
+    assert (short.model, short.epochs, short.augment, short.batch_size) == ("scratch_bn", 2, "none", 256)
+    # a dataset without a recipe gets TrainConfig's defaults
+    assert recipe_config("tuxpaint") == TrainConfig(dataset="tuxpaint")
+    assert "tuxpaint" not in DATASET_RECIPES
+    # the command line leaves the recipe's flags unset unless given
+    args = build_parser(["train"]).parse_args(["train", "--dataset", "fashion_mnist", "--lr", "0.01"])
+    flags = {k: getattr(args, k) for k in DATASET_RECIPES["fashion_mnist"]}
+    assert flags == {**dict.fromkeys(DATASET_RECIPES["fashion_mnist"]), "lr": 0.01}

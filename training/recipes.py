@@ -1,0 +1,27 @@
+"""What a dataset trains with when ``glimpse train`` is not told otherwise: the best recipe measured for it.
+
+Plain data, free of TensorFlow, so that the CLI can show it in its help. ``training.fit.recipe_config`` applies it:
+TrainConfig's defaults, the dataset's recipe over them, the flags given over both. A dataset without an entry trains
+with TrainConfig's defaults.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["DATASET_RECIPES"]
+
+DATASET_RECIPES: dict[str, dict[str, Any]] = {
+    # the best Fashion-MNIST run measured, 0.9313 test in 15 epochs (docs/training.md, "Fashion-MNIST, scratch_bn");
+    # TrainConfig's default model, the ImageNet EfficientNet-Lite0, would upsample the 28-px grey images to 160 px
+    "fashion_mnist": {
+        "model": "scratch_bn",
+        "epochs": 15,
+        "batch_size": 256,
+        "lr": 2e-3,
+        "lr_schedule": "cosine",
+        "augment": "flip",
+        "dropout": 0.3,
+        "patience": 5,
+    },
+}
