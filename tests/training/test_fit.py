@@ -116,7 +116,7 @@ def test_a_dataset_trains_with_its_recipe_where_flags_are_not_given():
     from training.recipes import DATASET_RECIPES
 
     fashion = recipe_config("fashion_mnist")
-    assert (fashion.model, fashion.epochs, fashion.batch_size, fashion.lr) == ("scratch_bn", 15, 256, 2e-3)
+    assert (fashion.model, fashion.epochs, fashion.batch_size, fashion.lr) == ("scratch_bn", 25, 256, 2e-3)
     assert (fashion.lr_schedule, fashion.augment, fashion.dropout) == ("cosine", "flip", 0.3)
     assert fashion.size == 28
     # a flag given wins over the recipe; None is "not given"
