@@ -51,10 +51,10 @@ FUSIONS: dict[str, Callable[[list[np.ndarray]], np.ndarray]] = {
 
 def layer_maps(explainer, images: np.ndarray, labels: np.ndarray, batch: int = 16) -> list[np.ndarray]:
     """LayerCAM's per-layer maps [B,H,W] of ``images`` for ``labels``, every activation layer, deepest first: ReLU,
-    bilinear upsampling, division by the maximum (the graph's own per-layer step, eagerly)."""
+    bilinear upsampling, division by the maximum (the graph's own per-layer step, ``cams.normalised_up``, eagerly)."""
     import tensorflow as tf
 
-    from training.explain.cams import class_score, deepest_first
+    from training.explain.cams import class_score, deepest_first, normalised_up
     from training.explain.layercam import layercam_map
 
     model = explainer._model
@@ -68,8 +68,7 @@ def layer_maps(explainer, images: np.ndarray, labels: np.ndarray, batch: int = 1
             score = class_score(fwd, tf.constant(labels[start : start + batch], tf.int32))
         sources = [outputs[i] for i in order]
         for k, (a, g) in enumerate(zip(sources, tape.gradient(score, sources), strict=True)):
-            up = tf.image.resize(tf.nn.relu(layercam_map(a, g))[..., tf.newaxis], size, method="bilinear")[..., 0]
-            per_layer[k].append(tf.math.divide_no_nan(up, tf.reduce_max(up, axis=(1, 2), keepdims=True)).numpy())
+            per_layer[k].append(normalised_up(layercam_map(a, g), size).numpy())
     return [np.concatenate(maps) for maps in per_layer]
 
 

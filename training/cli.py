@@ -40,7 +40,7 @@ def _folds(value: str) -> int:
 def configure_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="tuxpaint",
                    help="tuxpaint | fashion_mnist | folder:PATH | tfds:NAME[:TRAIN,VAL,TEST] (default tuxpaint)")
-    # The flags of a dataset's recipe default to None: run_train fills them from training.fit.DATASET_RECIPES, then
+    # The flags of a dataset's recipe default to None: run_train fills them from training.recipes.DATASET_RECIPES, then
     # from TrainConfig's defaults (shown in each help), so that a flag given always wins.
     recipe = "; fashion_mnist: " + ", ".join(f"{k}={v}" for k, v in DATASET_RECIPES["fashion_mnist"].items())
     p.description = ("Train a classifier and export it through the model contract. A dataset with a measured "

@@ -37,6 +37,7 @@ __all__ = [
     "fused_cam",
     "has_cam_layers",
     "layer_weights",
+    "normalised_up",
 ]
 
 # one layer's activations [B,h,w,K] and the score's gradients there -> the layer's signed map [B,h,w]
@@ -67,7 +68,7 @@ def layer_weights(layers: tf.Tensor, available: int) -> tf.Tensor:
     return used / tf.cast(n, tf.float32)[:, tf.newaxis]
 
 
-def _normalised_up(cam: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
+def normalised_up(cam: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
     """ReLU, bilinear upsampling to ``size``, division by the per-image maximum: [B,h,w] -> [B,H,W] in [0, 1]."""
     up = tf.image.resize(tf.nn.relu(cam)[..., tf.newaxis], size, method="bilinear")[..., 0]
     return tf.math.divide_no_nan(up, tf.reduce_max(up, axis=(1, 2), keepdims=True))
@@ -95,7 +96,7 @@ def fused_cam(model: ExplainModel, inputs: Inputs, layer_cam: LayerCam) -> tuple
             grads = tape.gradient(score, sources)
             log_fused = tf.zeros(tf.concat([tf.shape(images)[:1], size], axis=0), tf.float32)
             for j, (activations, gradients) in enumerate(zip(sources, grads, strict=True)):
-                up = _normalised_up(layer_cam(activations, gradients), size)
+                up = normalised_up(layer_cam(activations, gradients), size)
                 log_fused += weights[:, j, tf.newaxis, tf.newaxis] * tf.math.log(tf.maximum(up, FUSION_FLOOR))
             return tf.exp(log_fused)
 
