@@ -293,10 +293,13 @@ def run_serve(args: argparse.Namespace) -> int:
     from serving.server import ModelServer, ServerStartError
 
     stop = threading.Event()
+    server: ModelServer | None = None
 
     def on_signal(signum: int, frame: Any) -> None:
         log.info("Received %s", signal.Signals(signum).name)
         stop.set()
+        if server is not None:  # a start still waiting for a model's first version gives up
+            server.manager.stop(unload=False, timeout=0)
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:

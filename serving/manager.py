@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from glimpse_wire.errors import (
+    Cancelled,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -254,13 +255,27 @@ class ModelManager:
         return labels
 
     def _await_available(self, names: list[str]) -> None:
+        """ServerCore::WaitUntilModelsAvailable with its default (infinite) timeout: a new model whose base path
+        holds no version yet is waited for, the base paths polled meanwhile, until a version loads or fails, or
+        ``stop()`` is called. Without polling (``file_system_poll_wait_seconds`` <= 0) nothing can change the
+        answer, so the wait lasts until ``stop()``, as TF Serving's does."""
+        while True:
+            with self._lock:
+                empty = [n for n in names if n in self._models and self._models[n].in_config
+                         and not self._versions.get(n)]
+            for name in empty:
+                log.warning("No versions of servable %s found under base path %s. Did you forget to name your leaf "
+                            "directory as a number (eg. '/1/')?", name, self._models[name].base_path)
+            if not empty:
+                break
+            if self._stop.wait(self._poll_seconds if self._poll_seconds > 0 else None):
+                raise Cancelled(f"Stopped while waiting for a version of {', '.join(empty)}")
+            self._reconcile()
         failed: list[str] = []
         with self._lock:
             for name in names:
                 versions = self._versions.get(name, {})
                 if not versions:
-                    base = self._models[name].base_path
-                    log.warning("No versions of servable %s found under base path %s", name, base)
                     continue
                 if any(v.state == State.AVAILABLE for v in versions.values()):
                     continue

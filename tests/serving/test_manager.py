@@ -361,3 +361,42 @@ def test_retries_stop_when_the_version_is_no_longer_aspired(tmp_path: Path) -> N
     assert loader.tries["2"] == 1
     manager.poll()
     assert states(manager)[1] == State.AVAILABLE
+
+
+def test_a_new_model_without_versions_is_waited_for_while_the_base_path_is_polled(tmp_path: Path) -> None:
+    """ServerCore::WaitUntilModelsAvailable: the start (or reload) returns once the first version has loaded."""
+    loader = Loader()
+    manager = ModelManager(loader.load, unloader=loader.unload, file_system_poll_wait_seconds=0.05)
+    done = threading.Event()
+    thread = threading.Thread(target=lambda: (manager.reload_config(config_for(tmp_path)), done.set()))
+    thread.start()
+    try:
+        assert not done.wait(0.5) and manager.statuses("m") == []
+        make_versions(tmp_path, 4)
+        assert done.wait(10)
+        assert states(manager) == {4: State.AVAILABLE}
+    finally:
+        manager.stop()
+        thread.join(10)
+
+
+def test_stop_ends_the_wait_for_a_first_version(tmp_path: Path) -> None:
+    from glimpse_wire.errors import Cancelled
+
+    manager = manager_for(Loader())  # no polling: only stop() can end the wait, as in TF Serving
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            manager.reload_config(config_for(tmp_path))
+        except ServingError as e:
+            errors.append(e)
+
+    thread = threading.Thread(target=start)
+    thread.start()
+    time.sleep(0.3)
+    assert thread.is_alive()
+    manager.stop()
+    thread.join(10)
+    assert not thread.is_alive() and len(errors) == 1 and isinstance(errors[0], Cancelled)
+    assert "m" in errors[0].message

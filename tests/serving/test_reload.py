@@ -201,3 +201,34 @@ def test_handle_reload_config_request(configured: tuple[ServerProcess, Path], ex
     assert (err.value.code(), err.value.details()) == (grpc.StatusCode.NOT_FOUND,
                                                        "Servable not found for request: Latest(other)")
     shutil.rmtree(other)
+
+
+def test_a_start_waits_for_the_first_version_and_a_signal_ends_the_wait(tmp_path: Path, export_dir: Path,
+                                                                        image: bytes) -> None:
+    """TF Serving's start blocks in WaitUntilModelsAvailable while the base path holds no version (it polls and
+    warns meanwhile); no port opens before a version is AVAILABLE. SIGTERM during that wait ends the process."""
+    servers = {}
+    for name in ("arrives", "never"):
+        base = tmp_path / name
+        base.mkdir()
+        servers[name] = ServerProcess([f"--model_name={name}", f"--model_base_path={base}",
+                                       "--file_system_poll_wait_seconds=1"], log_path=tmp_path / f"{name}.log")
+    try:
+        for server in servers.values():
+            server.start(wait=False)
+        for name, server in servers.items():
+            wait_for(lambda server=server, name=name: f"No versions of servable {name} found under base path"
+                     in server.log(), timeout=120)
+        arrives, never = servers["arrives"], servers["never"]
+        with pytest.raises(TimeoutError):
+            arrives.wait_ready(2)
+        add_version(tmp_path / "arrives", export_dir, 3)
+        arrives.wait_ready(120)
+        reply = arrives.prediction_stub().Predict(predict_request("arrives", image), timeout=60)
+        assert reply.model_spec.version.value == 3
+        never.signal()
+        assert never.proc is not None and never.proc.wait(30) == 1
+        assert "Stopped while waiting for a version of never" in never.log()
+    finally:
+        for server in servers.values():
+            server.stop()
