@@ -1281,7 +1281,7 @@ def add_run_flags(p: argparse.ArgumentParser, *, model_default: str = "efficient
     p.add_argument(
         "--model",
         default=model_default,
-        help="efficientnet_lite0 (offline pretrained), mobilenet_v2, resnet50, scratch, scratch_bn",
+        help="efficientnet_lite0, efficientnet_lite2 (offline pretrained), mobilenet_v2, resnet50, scratch, scratch_bn",
     )
     p.add_argument("--weights", default="imagenet", help="imagenet, none, or a weights file")
     p.add_argument(

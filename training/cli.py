@@ -9,7 +9,7 @@ from training.recipes import DATASET_RECIPES
 
 __all__ = ["configure_train", "run_train", "configure_export", "run_export"]
 
-_MODELS = ("efficientnet_lite0", "mobilenet_v2", "resnet50", "scratch", "scratch_bn")
+_MODELS = ("efficientnet_lite0", "efficientnet_lite2", "mobilenet_v2", "resnet50", "scratch", "scratch_bn")
 _OPTIMIZERS = ("adam", "sgd", "momentum", "rmsprop", "adagrad", "adadelta")
 _AUGMENTATIONS = ("basic", "randaugment", "none", "shift", "flip")
 _PREPROCESSING = ("none", "scale_0_1", "scale_-1_1", "caffe", "lite0")
@@ -42,10 +42,13 @@ def configure_train(p: argparse.ArgumentParser) -> None:
                    help="tuxpaint | fashion_mnist | folder:PATH | tfds:NAME[:TRAIN,VAL,TEST] (default tuxpaint)")
     # The flags of a dataset's recipe default to None: run_train fills them from training.recipes.DATASET_RECIPES, then
     # from TrainConfig's defaults (shown in each help), so that a flag given always wins.
-    recipe = "; fashion_mnist: " + ", ".join(f"{k}={v}" for k, v in DATASET_RECIPES["fashion_mnist"].items())
+    recipes = "; ".join(f"{name}: " + ", ".join(f"{k}={v}" for k, v in recipe.items())
+                        for name, recipe in DATASET_RECIPES.items())
     p.description = ("Train a classifier and export it through the model contract. A dataset with a measured "
-                     f"recipe trains with it where flags are not given{recipe}.")
-    p.add_argument("--model", default=None, choices=_MODELS, help="default efficientnet_lite0")
+                     f"recipe trains with it where flags are not given ({recipes}); a --model other than the "
+                     "recipe's drops the recipe.")
+    p.add_argument("--model", default=None, choices=_MODELS,
+                   help="default efficientnet_lite0 (tuxpaint's recipe: efficientnet_lite2)")
     p.add_argument("--image-size", type=_positive_int, default=None,
                    help="input side in pixels (default 160 for pretrained, 64 for scratch, 28 on fashion_mnist)")
     p.add_argument("--epochs", type=_positive_int, default=None, help="default 10")

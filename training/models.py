@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from training.efficientnet_lite import LITE0_GRADCAM_LAYER, build_efficientnet_lite0
+from training.efficientnet_lite import LITE0_GRADCAM_LAYER, build_efficientnet_lite
 
 __all__ = ["MODELS", "PRETRAINED_MODELS", "ModelInfo", "ModelUnavailable", "build_model", "set_unfreeze"]
 
-MODELS = ("efficientnet_lite0", "mobilenet_v2", "resnet50", "scratch", "scratch_bn")
-PRETRAINED_MODELS = ("efficientnet_lite0", "mobilenet_v2", "resnet50")
+MODELS = ("efficientnet_lite0", "efficientnet_lite2", "mobilenet_v2", "resnet50", "scratch", "scratch_bn")
+PRETRAINED_MODELS = ("efficientnet_lite0", "efficientnet_lite2", "mobilenet_v2", "resnet50")
 # Layers put in front of a Keras application's backbone; not part of it for --unfreeze.
 _OWN_INPUT_LAYERS = ("images", "grey_to_rgb", "rgb_to_bgr", "preprocessing")
 
@@ -102,16 +102,21 @@ def _keras_application(name: str, inputs: Any, weights: str | None) -> tuple[Any
     return backbone, preprocessing, layer
 
 
-def _lite0_backbone(image_size: int, channels: int, weights: str | None) -> tuple[Any, Any, tuple[str, ...]]:
-    """(model input, feature map, backbone layer names) of EfficientNet-Lite0 at ``image_size``.
+def _lite_backbone(
+    variant: str, image_size: int, channels: int, weights: str | None
+) -> tuple[Any, Any, tuple[str, ...]]:
+    """(model input, feature map, backbone layer names) of EfficientNet-Lite0/-Lite2 at ``image_size``.
 
     For grey input the backbone's layers are called again on the repeated channels, so they stay top-level layers
     of the classifier (Grad-CAM and ``set_unfreeze`` find them by name) and share the pretrained weights.
     """
     import keras
 
-    backbone = build_efficientnet_lite0(
-        (image_size, image_size, 3), include_top=False, weights=None if weights in (None, "none") else "imagenet"
+    backbone = build_efficientnet_lite(
+        variant,
+        (image_size, image_size, 3),
+        include_top=False,
+        weights=None if weights in (None, "none") else "imagenet",
     )
     names = tuple(layer.name for layer in backbone.layers[1:])
     if channels == 3:
@@ -136,7 +141,7 @@ def build_model(
     """Build a classifier taking (image_size, image_size, channels) pixels 0-255; returns (model, info).
 
     ``channels`` is 3 (RGB) or 1 (grey); pretrained backbones get grey input repeated to 3 channels inside the
-    model. ``weights`` for them: ``imagenet`` (bundled for efficientnet_lite0, downloaded for the Keras
+    model. ``weights`` for them: ``imagenet`` (bundled for efficientnet_lite0/2, downloaded for the Keras
     applications), ``none``, or a path to a weights file of the whole model (``model.save_weights``).
     """
     import keras
@@ -156,8 +161,9 @@ def build_model(
             raise FileNotFoundError(f"weights file not found: {weights_path} (expected imagenet, none or a file)")
 
     shape = (image_size, image_size, channels)
-    if name == "efficientnet_lite0":
-        inputs, features, backbone_layers = _lite0_backbone(image_size, channels, weights)
+    if name in ("efficientnet_lite0", "efficientnet_lite2"):
+        inputs, features, backbone_layers = _lite_backbone(name.removeprefix("efficientnet_"), image_size, channels,
+                                                           weights)
         preprocessing, gradcam = "lite0", LITE0_GRADCAM_LAYER
     elif name in ("mobilenet_v2", "resnet50"):
         inputs = keras.Input(shape, name="images")

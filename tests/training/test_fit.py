@@ -58,10 +58,10 @@ def _fit_calls(tree: ast.AST, scope: str = "<module>") -> set[str]:
 
 
 def test_no_other_fit_loop_in_training_or_studies():
-    """Keras' ``fit`` is called in training/fit.py only, besides two places that are not training runs of ours: the
-    pipeline benchmark times single steps, and AutoKeras fits the models it searches."""
+    """Keras' ``fit`` is called in training/fit.py only, besides places that are not training runs of ours: the
+    pipeline and recipe-epoch benchmarks time single steps, and AutoKeras fits the models it searches."""
     allowed = {("training/train.py", "pipeline_benchmark"), ("training/train.py", "timed"),
-               ("studies/tuning.py", "_autokeras_search")}
+               ("training/train.py", "recipe_epoch_benchmark"), ("studies/tuning.py", "_autokeras_search")}
     found = {
         (p.relative_to(REPO).as_posix(), name)
         for p in _python_files()
@@ -122,9 +122,14 @@ def test_a_dataset_trains_with_its_recipe_where_flags_are_not_given():
     # a flag given wins over the recipe; None is "not given"
     short = recipe_config("fashion_mnist", epochs=2, model=None, augment="none")
     assert (short.model, short.epochs, short.augment, short.batch_size) == ("scratch_bn", 2, "none", 256)
-    # a dataset without a recipe gets TrainConfig's defaults
-    assert recipe_config("tuxpaint") == TrainConfig(dataset="tuxpaint")
-    assert "tuxpaint" not in DATASET_RECIPES
+    # the recipe belongs to its model: another model gets TrainConfig's defaults and the flags given
+    assert recipe_config("fashion_mnist", model="scratch", epochs=3) == TrainConfig(
+        dataset="fashion_mnist", model="scratch", epochs=3)
+    assert recipe_config("fashion_mnist", model="scratch_bn") == fashion
+    # Tux Paint's recipe: Lite2 at 300 px, the rest TrainConfig's defaults; a dataset without one gets the defaults
+    assert recipe_config("tuxpaint") == TrainConfig(dataset="tuxpaint", model="efficientnet_lite2", image_size=300)
+    assert recipe_config("tuxpaint", model="efficientnet_lite0") == TrainConfig(dataset="tuxpaint")
+    assert recipe_config("folder:/photos") == TrainConfig(dataset="folder:/photos")
     # the command line leaves the recipe's flags unset unless given
     args = build_parser(["train"]).parse_args(["train", "--dataset", "fashion_mnist", "--lr", "0.01"])
     flags = {k: getattr(args, k) for k in DATASET_RECIPES["fashion_mnist"]}

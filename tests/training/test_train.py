@@ -85,6 +85,23 @@ def test_pipeline_benchmark_times_real_and_synthetic_steps():
 
 
 @pytest.mark.slow
+def test_recipe_epoch_benchmark_times_the_recipe_under_each_variant():
+    """The Fashion-MNIST recipe's epoch (211 steps of 256 over the 54000 training images), float32, XLA and bf16."""
+    from training.recipes import DATASET_RECIPES
+    from training.train import recipe_epoch_benchmark
+
+    r = recipe_epoch_benchmark("fashion_mnist", steps=2, rounds=1, max_examples=512)
+    recipe = DATASET_RECIPES["fashion_mnist"]
+    assert (r["model"], r["batch_size"], r["augment"], r["image_size"]) == (
+        recipe["model"], recipe["batch_size"], recipe["augment"], 28)
+    assert r["epoch_steps"] == 211 and r["epochs"] == recipe["epochs"]
+    assert all(r[f"{v}_epoch_s"] > 0 for v in ("float32", "xla", "bf16"))
+    import keras
+
+    assert keras.mixed_precision.global_policy().name == "float32"  # the bf16 variant leaves the policy as it was
+
+
+@pytest.mark.slow
 def test_run_logs_tensorboard_scalars_histograms_images_and_hparams(tmp_path):
     r = train(_tiny(tmp_path, epochs=1, lr_schedule="cosine"), export=False, verbose=0)
     assert float(r.model.optimizer.learning_rate) == pytest.approx(0.0, abs=1e-7)  # cosine decayed over the run
@@ -139,7 +156,7 @@ def test_config_validation():
         TrainConfig(epochs=0)
     with pytest.raises(ValueError, match="unfreeze"):
         TrainConfig(unfreeze=1.5)
-    with pytest.raises(ValueError, match="efficientnet_lite0, mobilenet_v2"):
+    with pytest.raises(ValueError, match="efficientnet_lite0, efficientnet_lite2, mobilenet_v2"):
         TrainConfig(model="vgg")
     with pytest.raises(ValueError, match="basic, randaugment, none"):
         TrainConfig(augment="mixup")
