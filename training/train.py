@@ -353,9 +353,6 @@ def pipeline_benchmark(dataset: str = "tuxpaint", model: str = "efficientnet_lit
             "steps": steps, "rounds": rounds, "batch_size": batch_size, "image_size": image_size}
 
 
-_FULL_TRAIN = {"fashion_mnist": 54_000}  # training-split sizes of the datasets whose recipe epoch is benchmarked
-
-
 def recipe_epoch_benchmark(dataset: str = "fashion_mnist", *, steps: int = 20, rounds: int = 3,
                            max_examples: int = 5120) -> dict[str, float]:
     """Seconds per epoch of ``glimpse train --dataset DATASET`` at its recipe (``recipe_config``): float32 as
@@ -374,9 +371,10 @@ def recipe_epoch_benchmark(dataset: str = "fashion_mnist", *, steps: int = 20, r
         raise ValueError("steps and rounds must be at least 1")
     config = recipe_config(dataset)
     size = config.image_size or default_image_size(dataset, config.model)
-    splits = load_dataset(dataset, image_size=size, batch_size=config.batch_size, seed=config.seed,
-                          max_examples=max_examples, augment=config.augment)
-    epoch_steps = math.ceil(_FULL_TRAIN.get(dataset, splits.num_train) / config.batch_size)
+    kwargs = {"image_size": size, "batch_size": config.batch_size, "seed": config.seed, "augment": config.augment}
+    splits = load_dataset(dataset, max_examples=max_examples, **kwargs)
+    full_split = load_dataset(dataset, **kwargs).num_train  # the split is only sized, never iterated
+    epoch_steps = math.ceil(full_split / config.batch_size)
     real = splits.train.repeat()
     models = {}
     for variant in ("float32", "xla", "bf16"):
