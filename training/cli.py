@@ -14,12 +14,20 @@ _OPTIMIZERS = ("adam", "sgd", "momentum", "rmsprop", "adagrad", "adadelta")
 _AUGMENTATIONS = ("basic", "randaugment", "none", "shift", "flip")
 _PREPROCESSING = ("none", "scale_0_1", "scale_-1_1", "caffe", "lite0")
 _DISTRIBUTE = ("none", "mirrored", "multiworker")
+_EARLY_STOPPING = ("accuracy", "loss")
 
 
 def _fraction(value: str) -> float:
     f = float(value)
     if not 0.0 <= f <= 1.0:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return f
+
+
+def _smoothing(value: str) -> float:
+    f = float(value)
+    if not 0.0 <= f < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
     return f
 
 
@@ -57,8 +65,12 @@ def configure_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizer", default=None, choices=_OPTIMIZERS, help="default adam")
     p.add_argument("--lr-schedule", default=None, choices=("constant", "cosine"),
                    help="constant (the default), or cosine decay to 0 over --epochs")
-    p.add_argument("--patience", type=_positive_int, default=None,
-                   help="early-stopping patience (val_accuracy; default 5)")
+    p.add_argument("--patience", type=_positive_int, default=None, help="early-stopping patience (default 5)")
+    p.add_argument("--early-stopping", default=None, choices=_EARLY_STOPPING,
+                   help="the validation metric early stopping watches and picks the best epoch by: accuracy (the "
+                        "default) or loss (finer-grained on a small validation split; tuxpaint's recipe)")
+    p.add_argument("--label-smoothing", type=_smoothing, default=None, metavar="S",
+                   help="train towards 1 - S on the true class and S spread over all classes (default 0: off)")
     p.add_argument("--unfreeze", type=_fraction, default=None,
                    help="fraction of the backbone's last layers to fine-tune (0 = frozen, the default; 1 = all)")
     p.add_argument("--dropout", type=float, default=None, help="default 0.2")
@@ -109,7 +121,7 @@ def run_train(args: argparse.Namespace) -> int:
         config = recipe_config(
             args.dataset, model=args.model, image_size=args.image_size, epochs=args.epochs,
             batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, lr_schedule=args.lr_schedule,
-            patience=args.patience,
+            patience=args.patience, early_stopping=args.early_stopping, label_smoothing=args.label_smoothing,
             unfreeze=args.unfreeze, dropout=args.dropout, dense_units=args.dense_units, augment=args.augment,
             seed=args.seed, max_examples=args.max_examples, weights=args.weights, logdir=args.logdir,
             export_dir=args.export_dir, name=args.name, explain_every=args.explain_every,

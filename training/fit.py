@@ -27,6 +27,7 @@ from training.models import MODELS, ModelInfo, build_model
 from training.recipes import DATASET_RECIPES
 
 __all__ = [
+    "EARLY_STOPPING",
     "LR_SCHEDULES",
     "OPTIMIZERS",
     "PRETRAINED_IMAGE_SIZE",
@@ -34,6 +35,7 @@ __all__ = [
     "FitResult",
     "TrainConfig",
     "build_classifier",
+    "classification_loss",
     "compile_classifier",
     "default_image_size",
     "epoch_timer",
@@ -48,6 +50,7 @@ __all__ = [
 
 OPTIMIZERS = ("adam", "sgd", "momentum", "rmsprop", "adagrad", "adadelta")
 LR_SCHEDULES = ("constant", "cosine")
+EARLY_STOPPING = ("accuracy", "loss")  # the validation metric early stopping watches (and picks the best epoch by)
 # The input side of a pretrained backbone when none is given; callers that want smaller runs (the studies) pass theirs.
 PRETRAINED_IMAGE_SIZE = 160
 
@@ -83,7 +86,9 @@ class TrainConfig:
     lr: float = 1e-3
     optimizer: str = "adam"
     lr_schedule: str = "constant"  # or "cosine": decays lr to 0 over the planned epochs
-    patience: int = 5  # early stopping on val_accuracy; 0 stops at the first epoch without improvement
+    patience: int = 5  # early stopping's patience; 0 stops at the first epoch without improvement
+    early_stopping: str = "accuracy"  # or "loss": the validation metric that early stopping watches
+    label_smoothing: float = 0.0  # > 0: the loss's targets are (1 - s) one-hot + s / classes
     unfreeze: float = 0.0
     dropout: float = 0.2
     dense_units: int = 256
@@ -118,6 +123,11 @@ class TrainConfig:
             raise ValueError("--unfreeze must be in [0, 1]")
         if self.patience < 0:
             raise ValueError("--patience must be >= 0")
+        if self.early_stopping not in EARLY_STOPPING:
+            raise ValueError(f"unknown --early-stopping {self.early_stopping!r}; expected one of "
+                             f"{', '.join(EARLY_STOPPING)}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"--label-smoothing must be in [0, 1) (0: off), got {self.label_smoothing}")
         if self.dense_units < 0:
             raise ValueError("--dense-units must be >= 0 (0: no hidden layer in the head)")
         if self.image_size is not None and self.image_size < 8:
@@ -183,14 +193,24 @@ class FitResult:
     epoch_seconds: list[float]
     wall_s: float
     keras_history: Any = field(default=None, repr=False)
+    early_stopping: str = "accuracy"  # the validation metric the best epoch is chosen by
 
     @property
     def best_epoch(self) -> int:
-        """1-based epoch of the best validation accuracy (the first, if tied), or the last epoch without validation."""
-        val = self.history.get("val_accuracy", [])
+        """1-based epoch of the best validation accuracy, or the lowest validation loss when early stopping watched
+        the loss (the first, if tied), or the last epoch without validation."""
+        if self.early_stopping == "loss":
+            val = [-v for v in self.history.get("val_loss", [])]
+        else:
+            val = self.history.get("val_accuracy", [])
         if not val:
             return len(self.history.get("loss", []))
         return max(range(len(val)), key=val.__getitem__) + 1
+
+    @property
+    def best_val_accuracy(self) -> float:
+        """Validation accuracy at ``best_epoch``: the weights early stopping restored."""
+        return float(self.history["val_accuracy"][self.best_epoch - 1])
 
 
 def seed_everything(seed: int, *, deterministic: bool = True) -> None:
@@ -272,17 +292,33 @@ def build_classifier(config: TrainConfig, num_classes: int, channels: int) -> tu
                        seed=config.seed)
 
 
+def classification_loss(label_smoothing: float = 0.0) -> Any:
+    """Cross-entropy on integer labels; ``label_smoothing`` s > 0 trains towards (1 - s) on the true class and s / C
+    spread over all C classes (Szegedy et al. 2016), which Keras' sparse cross-entropy does not offer."""
+    import keras
+
+    if not label_smoothing:
+        return "sparse_categorical_crossentropy"
+
+    def smoothed_sparse_crossentropy(y_true: Any, y_pred: Any) -> Any:
+        labels = keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32")
+        targets = keras.ops.one_hot(labels, keras.ops.shape(y_pred)[-1], dtype=y_pred.dtype)
+        return keras.losses.categorical_crossentropy(targets, y_pred, label_smoothing=label_smoothing)
+
+    return smoothed_sparse_crossentropy
+
+
 def compile_classifier(model: Any, config: TrainConfig, num_examples: int) -> None:
-    """The run's optimizer (with EMA if ``config.ema``) and loss; a cosine schedule decays to 0 over
-    ``config.epochs`` epochs of ``num_examples`` examples."""
+    """The run's optimizer (with EMA if ``config.ema``) and loss (label-smoothed if ``config.label_smoothing``); a
+    cosine schedule decays to 0 over ``config.epochs`` epochs of ``num_examples`` examples."""
     import keras
 
     lr: Any = config.lr
     if config.lr_schedule == "cosine":
         steps = max(1, math.ceil(num_examples / config.batch_size)) * config.epochs
         lr = keras.optimizers.schedules.CosineDecay(config.lr, decay_steps=steps)
-    model.compile(optimizer=make_optimizer(config.optimizer, lr, config.ema), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
+    model.compile(optimizer=make_optimizer(config.optimizer, lr, config.ema),
+                  loss=classification_loss(config.label_smoothing), metrics=["accuracy"])
 
 
 def fit(config: TrainConfig, data: FitData, *, model: Any = None, epochs: int | None = None, initial_epoch: int = 0,
@@ -293,7 +329,8 @@ def fit(config: TrainConfig, data: FitData, *, model: Any = None, epochs: int | 
     ``model`` None: build ``config.model`` (seeded) and compile it (``compile_classifier``); a model the caller
     built is compiled the same way unless it is compiled already (the tuner compiles in its ``build``).
     ``epochs`` defaults to ``config.epochs``; ``initial_epoch`` is where a resumed run starts (Hyperband's).
-    With validation data, early stopping watches val_accuracy (``config.patience``) and restores the best weights;
+    With validation data, early stopping watches val_accuracy, or val_loss (``config.early_stopping``), with
+    ``config.patience``, and restores the best weights;
     with ``config.ema`` validation sees the averaged weights. ``log_dir`` adds TensorBoard (``histograms``: weight
     histograms each epoch); ``callbacks`` come last. ``strategy`` (a ``tf.distribute.Strategy``, see
     ``training.distribute``): the model is built and compiled in its scope, and ``data`` batches the global batch.
@@ -313,8 +350,8 @@ def fit(config: TrainConfig, data: FitData, *, model: Any = None, epochs: int | 
     fit_callbacks: list[Any] = [
         # First, so that validation, early stopping's best weights and the logs all see the averaged weights.
         *([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if config.ema and validating else []),
-        *([keras.callbacks.EarlyStopping(monitor="val_accuracy", min_delta=1e-4, patience=config.patience,
-                                         restore_best_weights=True)] if validating else []),
+        *([keras.callbacks.EarlyStopping(monitor=f"val_{config.early_stopping}", min_delta=1e-4,
+                                         patience=config.patience, restore_best_weights=True)] if validating else []),
         *([keras.callbacks.TensorBoard(log_dir=str(log_dir), histogram_freq=int(histograms),
                                        write_graph=histograms)] if log_dir is not None else []),
         timer,
@@ -330,7 +367,8 @@ def fit(config: TrainConfig, data: FitData, *, model: Any = None, epochs: int | 
     else:  # a tf.data pipeline shuffles (seeded) and batches by itself
         history = model.fit(data.train, shuffle=False, **kwargs)
     hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
-    return FitResult(model, info, hist, list(timer.seconds), time.perf_counter() - start, history)
+    return FitResult(model, info, hist, list(timer.seconds), time.perf_counter() - start, history,
+                     config.early_stopping)
 
 
 def hparams_of(config: TrainConfig, **extra: Any) -> dict[str, bool | int | float | str]:

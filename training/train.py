@@ -250,7 +250,7 @@ def _train_cv(config: TrainConfig, *, export: bool, callbacks: Sequence[Any], ve
         correct, predictions = correct + right, predictions + len(test_idx)
         epoch_seconds += fitted.epoch_seconds
         record = {"repeat": fold.repeat + 1, "fold": fold.fold + 1, "test_accuracy": right / len(test_idx),
-                  "val_accuracy": max(fitted.history["val_accuracy"]), "best_epoch": fitted.best_epoch,
+                  "val_accuracy": fitted.best_val_accuracy, "best_epoch": fitted.best_epoch,
                   "epochs_run": len(fitted.history["loss"]), "num_train": len(train_idx), "num_val": len(val_idx),
                   "num_test": len(test_idx)}
         records.append(record)

@@ -66,6 +66,50 @@ def test_ema_validates_and_keeps_the_averaged_weights(tmp_path):
         _tiny(tmp_path, ema=1.0)
 
 
+def test_label_smoothed_loss_is_cross_entropy_against_smoothed_targets():
+    from training.fit import classification_loss
+
+    assert classification_loss(0.0) == "sparse_categorical_crossentropy"
+    probs = np.array([[0.7, 0.2, 0.1], [0.05, 0.05, 0.9], [0.3, 0.4, 0.3]], np.float32)
+    labels = np.array([0, 1, 2], np.int32)
+    s, classes = 0.1, 3
+    targets = np.full((3, classes), s / classes)
+    targets[np.arange(3), labels] += 1 - s
+    expected = -(targets * np.log(probs)).sum(axis=1)
+    loss = classification_loss(s)
+    np.testing.assert_allclose(np.asarray(loss(labels, probs)), expected, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(loss(labels[:, None], probs)), expected, rtol=1e-5)  # (batch, 1) labels
+    with pytest.raises(ValueError, match="--label-smoothing"):
+        TrainConfig(label_smoothing=1.0)
+    with pytest.raises(ValueError, match="--early-stopping"):
+        TrainConfig(early_stopping="auc")
+
+
+def test_the_best_epoch_follows_the_metric_early_stopping_watched():
+    from training.fit import FitResult
+
+    history = {"loss": [1.0, 0.8, 0.7, 0.6], "val_accuracy": [0.5, 0.75, 0.75, 0.7],
+               "val_loss": [1.2, 0.9, 0.8, 0.85]}
+    by_accuracy = FitResult(None, None, history, [], 0.0)
+    by_loss = FitResult(None, None, history, [], 0.0, early_stopping="loss")
+    assert (by_accuracy.best_epoch, by_accuracy.best_val_accuracy) == (2, 0.75)  # the first of the tied epochs
+    assert (by_loss.best_epoch, by_loss.best_val_accuracy) == (3, 0.75)
+
+
+@pytest.mark.slow
+def test_early_stopping_on_the_loss_keeps_the_lowest_validation_loss(tmp_path):
+    r = train(_tiny(tmp_path, epochs=4, patience=3, early_stopping="loss", label_smoothing=0.1), export=False,
+              verbose=0)
+    val_loss = r.history["val_loss"]
+    best = int(np.argmin(val_loss))
+    assert r.metrics["best_epoch"] == best + 1
+    # the kept model is the one of that epoch, evaluated again after the fit
+    assert r.metrics["val_loss"] == pytest.approx(val_loss[best], rel=1e-4)
+    assert r.metrics["val_accuracy"] == pytest.approx(r.history["val_accuracy"][best], abs=1e-6)
+    # the run trained on the label-smoothed loss
+    assert getattr(r.model.loss, "__name__", None) == "smoothed_sparse_crossentropy"
+
+
 @pytest.mark.slow
 def test_a_run_leaves_the_op_determinism_setting_as_it_found_it(tmp_path):
     from tensorflow.python.framework import config as tf_config
@@ -188,6 +232,9 @@ def test_cli_choices_match_the_library():
     from training.distribute import DISTRIBUTE_MODES
 
     assert cli._DISTRIBUTE == DISTRIBUTE_MODES
+    from training.fit import EARLY_STOPPING
+
+    assert cli._EARLY_STOPPING == EARLY_STOPPING
 
 
 def test_train_flags_parse_without_tensorflow():
