@@ -126,8 +126,11 @@ def test_a_dataset_trains_with_its_recipe_where_flags_are_not_given():
     assert recipe_config("fashion_mnist", model="scratch", epochs=3) == TrainConfig(
         dataset="fashion_mnist", model="scratch", epochs=3)
     assert recipe_config("fashion_mnist", model="scratch_bn") == fashion
-    # Tux Paint's recipe: Lite2 at 300 px, the rest TrainConfig's defaults; a dataset without one gets the defaults
-    assert recipe_config("tuxpaint") == TrainConfig(dataset="tuxpaint", model="efficientnet_lite2", image_size=300)
+    # Tux Paint's recipe: Lite2 at 300 px, early stopping on the loss, the rest TrainConfig's defaults; a dataset
+    # without one gets the defaults
+    assert recipe_config("tuxpaint") == TrainConfig(dataset="tuxpaint", model="efficientnet_lite2", image_size=300,
+                                                    early_stopping="loss")
+    assert recipe_config("tuxpaint", early_stopping="accuracy").early_stopping == "accuracy"  # a flag given wins
     assert recipe_config("tuxpaint", model="efficientnet_lite0") == TrainConfig(dataset="tuxpaint")
     assert recipe_config("folder:/photos") == TrainConfig(dataset="folder:/photos")
     # the command line leaves the recipe's flags unset unless given
