@@ -17,6 +17,31 @@ from PIL import Image
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+_SHARED_NODE_ID = pytest.StashKey[int]()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """In a pytest-xdist worker, flag items that share a node id: xdist tells tests apart by node id, so all but one
+    of them would be dropped without a word. The one that runs then fails (``pytest_runtest_setup``). Such tests carry
+    the ``serial`` mark, which ``make test`` runs in one process after the parallel run."""
+    if not hasattr(config, "workerinput"):
+        return
+    seen: dict[str, int] = {}
+    for item in items:
+        seen[item.nodeid] = seen.get(item.nodeid, 0) + 1
+    for item in items:
+        if seen[item.nodeid] > 1:
+            item.stash[_SHARED_NODE_ID] = seen[item.nodeid]
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    shared = item.stash.get(_SHARED_NODE_ID, 0)
+    if shared:
+        pytest.fail(f"{shared} tests share the node id {item.nodeid}: pytest-xdist runs only one of them; "
+                    "mark the test serial", pytrace=False)
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

@@ -117,6 +117,7 @@ def test_real_responses_match_their_schemas(method, path, template, kwargs, stat
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # one node id for every operation's test: pytest-xdist would run only one of them
 @schema.parametrize()
 @settings(max_examples=_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 def test_app_conforms_to_its_openapi(case) -> None:
