@@ -15,6 +15,11 @@ import pytest
 from PIL import Image
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# gRPC core's fork handlers stop and restart its pollers around every fork() of a process that holds a channel, and
+# the tests fork (ffmpeg, servers) from such processes: a restart raced a new pipe for its file descriptor (epoll_wait:
+# "Bad file descriptor", then ffmpeg's stdin pipe broken). Every child here calls exec at once and never uses gRPC
+# across the fork, so the handlers are not needed; the variable must be set before grpc is imported.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
 
 
 _SHARED_NODE_ID = pytest.StashKey[int]()
